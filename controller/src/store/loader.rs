@@ -1,0 +1,391 @@
+//! Turning the manifest directory into a [`DesiredState`], again and again: every load reads
+//! all files, and for every object that is refused this time, the version that was good last
+//! time stays in force. Virtual IPs, Deployment pods and pod status are tied on here, because
+//! each depends on more than one object.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::manifest::{ParsedFile, object_rejection, parse_manifest_text};
+use super::object::{Kind, NamespacedName, Object, ObjectKey};
+use super::pod_status::read_pod_statuses;
+use super::rejection::{Problem, Rejection};
+use super::snapshot::DesiredState;
+use super::vip::{DEFAULT_SERVICE_CIDR, VipTable, VipTableError};
+use super::workload::Pod;
+
+/// File name endings the store reads; other files in the directory are ignored.
+pub const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+/// Where the store reads and keeps things.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The directory of manifests (not searched recursively).
+    pub manifest_dir: PathBuf,
+    /// The controller's state directory: virtual IP table and pod status records.
+    pub state_dir: PathBuf,
+    /// Where virtual IPs of services without `spec.clusterIP` come from.
+    pub service_cidr: IpNet,
+}
+
+impl StoreConfig {
+    /// A configuration with the default service CIDR.
+    pub fn new(manifest_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            manifest_dir: manifest_dir.into(),
+            state_dir: state_dir.into(),
+            service_cidr: DEFAULT_SERVICE_CIDR
+                .parse()
+                .expect("the default CIDR parses"),
+        }
+    }
+}
+
+/// Why a load could not happen at all (as opposed to objects being refused).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The manifest directory could not be listed.
+    #[error("cannot list the manifest directory {path}: {source}")]
+    ListManifests {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The virtual IP table could not be read or written.
+    #[error(transparent)]
+    VipTable(#[from] VipTableError),
+}
+
+/// Where an accepted object was read.
+#[derive(Clone, Debug)]
+struct Origin {
+    file: Arc<str>,
+    document: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Accepted {
+    object: Object,
+    origin: Origin,
+}
+
+/// Loads the desired state, keeping what it needs between loads: the last good version of
+/// every object and the virtual IP table.
+#[derive(Debug)]
+pub struct Loader {
+    config: StoreConfig,
+    last_good: BTreeMap<ObjectKey, Accepted>,
+    vips: VipTable,
+}
+
+impl Loader {
+    /// A loader with no history; reads the virtual IP table from the state directory.
+    pub fn open(config: StoreConfig) -> Result<Self, LoadError> {
+        let vips = VipTable::read(&config.state_dir)?;
+        Ok(Loader {
+            config,
+            last_good: BTreeMap::new(),
+            vips,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Reads the whole directory and makes a new snapshot; writes the virtual IP table when it
+    /// changed. On error nothing changes.
+    pub fn reload(&mut self) -> Result<DesiredState, LoadError> {
+        let files = read_manifest_files(&self.config.manifest_dir)?;
+        let mut round = Round::default();
+        for (label, text) in files {
+            let parsed = match text {
+                Ok(text) => parse_manifest_text(label.clone(), &text),
+                Err(e) => ParsedFile {
+                    documents: Vec::new(),
+                    file_rejections: vec![Rejection::of_file(
+                        label.clone(),
+                        0,
+                        Problem::Unreadable {
+                            reason: e.to_string(),
+                        },
+                    )],
+                },
+            };
+            round.add_file(label, parsed);
+        }
+        round.keep_last_good(&self.last_good);
+        let (vips, table) =
+            round.assign_vips(&self.vips, &self.last_good, self.config.service_cidr);
+        if table != self.vips {
+            table.write(&self.config.state_dir)?;
+            self.vips = table;
+        }
+        let state = round.assemble(vips, &self.config.state_dir);
+        self.last_good = round.candidates;
+        Ok(state)
+    }
+}
+
+/// Reads a directory of manifests once, e.g. for a tool or a test. Like a controller start, it
+/// allocates virtual IPs and records them in the state directory.
+pub fn load(config: &StoreConfig) -> Result<DesiredState, LoadError> {
+    Loader::open(config.clone())?.reload()
+}
+
+/// Whether a path names a file the store reads: a known extension and not hidden (atomic
+/// writes use hidden temporary files).
+pub fn is_manifest_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .is_none_or(|name| name.to_string_lossy().starts_with('.'));
+    let known = path
+        .extension()
+        .is_some_and(|ext| MANIFEST_EXTENSIONS.iter().any(|known| ext == *known));
+    !hidden && known && path.is_file()
+}
+
+/// The label a file is named by in messages: `<directory name>/<file name>`.
+pub(crate) fn file_label(dir: &Path, path: &Path) -> Arc<str> {
+    let dir_name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    if dir_name.is_empty() {
+        file_name.into()
+    } else {
+        format!("{dir_name}/{file_name}").into()
+    }
+}
+
+type FileText = (Arc<str>, std::io::Result<String>);
+
+fn read_manifest_files(dir: &Path) -> Result<Vec<FileText>, LoadError> {
+    let list_error = |source| LoadError::ListManifests {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(list_error)? {
+        let path = entry.map_err(list_error)?.path();
+        if is_manifest_file(&path) {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths
+        .into_iter()
+        .map(|path| (file_label(dir, &path), std::fs::read_to_string(&path)))
+        .collect())
+}
+
+/// The work of one load.
+#[derive(Default)]
+struct Round {
+    candidates: BTreeMap<ObjectKey, Accepted>,
+    rejected: Vec<Rejection>,
+    /// Objects refused this time whose last good version stays.
+    refused_keys: BTreeSet<ObjectKey>,
+    /// Files that could not be read as a whole: their objects' last good versions stay.
+    failed_files: BTreeSet<Arc<str>>,
+}
+
+impl Round {
+    fn add_file(&mut self, label: Arc<str>, parsed: ParsedFile) {
+        if parsed.failed() {
+            self.failed_files.insert(label.clone());
+        }
+        self.rejected.extend(parsed.file_rejections);
+        for document in parsed.documents {
+            let object = match document.result {
+                Ok(object) => object,
+                Err(rejections) => {
+                    self.rejected.extend(rejections);
+                    match document.key {
+                        Some(key) => self.refused_keys.insert(key),
+                        // Which object this was is unknown: keep all of the file's old ones.
+                        None => self.failed_files.insert(label.clone()),
+                    };
+                    continue;
+                }
+            };
+            let key = object.key();
+            if let Some(first) = self.candidates.get(&key) {
+                let problem = Problem::Duplicate {
+                    file: first.origin.file.clone(),
+                    document: first.origin.document,
+                };
+                let rejection =
+                    object_rejection(&label, document.index, &key, String::new(), problem);
+                self.rejected.push(rejection);
+                continue;
+            }
+            let origin = Origin {
+                file: label.clone(),
+                document: document.index,
+            };
+            self.candidates.insert(key, Accepted { object, origin });
+        }
+    }
+
+    fn keep_last_good(&mut self, last_good: &BTreeMap<ObjectKey, Accepted>) {
+        for (key, accepted) in last_good {
+            let refused = self.refused_keys.contains(key)
+                || self.failed_files.contains(&accepted.origin.file);
+            if refused && !self.candidates.contains_key(key) {
+                self.candidates.insert(key.clone(), accepted.clone());
+            }
+        }
+    }
+
+    /// Gives services their virtual IPs. A service refused for its address falls back to its
+    /// last good version (which held an address of its own), or is dropped when it has none.
+    fn assign_vips(
+        &mut self,
+        table: &VipTable,
+        last_good: &BTreeMap<ObjectKey, Accepted>,
+        cidr: IpNet,
+    ) -> (BTreeMap<NamespacedName, IpAddr>, VipTable) {
+        let mut reverted = BTreeSet::new();
+        loop {
+            let requests: BTreeMap<NamespacedName, Option<IpAddr>> = self
+                .candidates
+                .values()
+                .filter_map(|accepted| match &accepted.object {
+                    Object::Service(s) => Some((s.namespaced_name(), s.cluster_ip)),
+                    _ => None,
+                })
+                .collect();
+            let assignment = table.assign(&requests, cidr);
+            if assignment.conflicts.is_empty() {
+                return (assignment.vips, assignment.table);
+            }
+            for (service, problem) in assignment.conflicts {
+                let key = ObjectKey::namespaced(Kind::Service, &service.namespace, &service.name);
+                let Some(refused) = self.candidates.remove(&key) else {
+                    continue;
+                };
+                let field = match problem {
+                    Problem::VipTaken { .. } => "spec.clusterIP".to_string(),
+                    _ => String::new(),
+                };
+                let origin = &refused.origin;
+                let rejection =
+                    object_rejection(&origin.file, origin.document, &key, field, problem);
+                self.rejected.push(rejection);
+                match last_good.get(&key) {
+                    Some(previous)
+                        if previous.object != refused.object && reverted.insert(key.clone()) =>
+                    {
+                        self.candidates.insert(key, previous.clone());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Builds the snapshot: objects by kind, Deployment pods, pod status records merged.
+    fn assemble(
+        &mut self,
+        vips: BTreeMap<NamespacedName, IpAddr>,
+        state_dir: &Path,
+    ) -> DesiredState {
+        let mut state = DesiredState::default();
+        for accepted in self.candidates.values() {
+            match accepted.object.clone() {
+                Object::Namespace(ns) => {
+                    state.namespaces.insert(ns.name.clone(), ns);
+                }
+                Object::Pod(pod) => {
+                    state.pods.insert(pod.namespaced_name(), pod);
+                }
+                Object::Deployment(d) => {
+                    let name = NamespacedName::new(d.namespace.clone(), d.name.clone());
+                    state.deployments.insert(name, d);
+                }
+                Object::Service(s) => {
+                    let name = s.namespaced_name();
+                    if let Some(vip) = vips.get(&name) {
+                        state.services.insert(name, s.with_vip(*vip));
+                    }
+                }
+                Object::AuthorizationPolicy(p) => {
+                    let name = NamespacedName::new(p.namespace.clone(), p.name.clone());
+                    state.authorization_policies.insert(name, p);
+                }
+                Object::Gateway(g) => {
+                    state.gateways.insert(g.namespaced_name(), g);
+                }
+                Object::HttpRoute(r) => {
+                    let name = NamespacedName::new(r.namespace.clone(), r.name.clone());
+                    state.http_routes.insert(name, r);
+                }
+            }
+        }
+        self.expand_deployments(&mut state);
+        let (records, rejections) = read_pod_statuses(state_dir);
+        for record in records {
+            let name = NamespacedName::new(record.namespace.as_str(), record.name.as_str());
+            if let Some(pod) = state.pods.get_mut(&name) {
+                merge_status(pod, record);
+            }
+        }
+        self.rejected.extend(rejections);
+        state.rejected = std::mem::take(&mut self.rejected);
+        state
+    }
+
+    /// Adds the pods of every Deployment; a pod whose name a standalone Pod already has is not
+    /// made, and the Deployment is reported.
+    fn expand_deployments(&mut self, state: &mut DesiredState) {
+        for (name, deployment) in &state.deployments {
+            let key = ObjectKey::namespaced(Kind::Deployment, &name.namespace, &name.name);
+            let Some(accepted) = self.candidates.get(&key) else {
+                continue;
+            };
+            for pod in deployment.pods() {
+                let pod_name = pod.namespaced_name();
+                let standalone =
+                    ObjectKey::namespaced(Kind::Pod, &pod_name.namespace, &pod_name.name);
+                if let Some(other) = self.candidates.get(&standalone) {
+                    let problem = Problem::PodNameClash {
+                        pod: pod_name.to_string(),
+                        file: other.origin.file.clone(),
+                    };
+                    let origin = &accepted.origin;
+                    let field = "metadata.name".to_string();
+                    self.rejected.push(object_rejection(
+                        &origin.file,
+                        origin.document,
+                        &key,
+                        field,
+                        problem,
+                    ));
+                    continue;
+                }
+                state.pods.insert(pod_name, pod);
+            }
+        }
+    }
+}
+
+/// A status record overrides what the manifest says, field by field.
+fn merge_status(pod: &mut Pod, record: super::pod_status::PodStatusRecord) {
+    if let Some(node) = record.node_name {
+        pod.node = Some(node.into());
+    }
+    if let Some(ip) = record.pod_ip {
+        pod.ip = Some(ip);
+    }
+    if let Some(phase) = record.phase {
+        pod.phase = Some(phase);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! Translation of the desired state into the wire contract: pods and services become
+//! `istio.workload.Address` resources, AuthorizationPolicies become `istio.security.Authorization`.
+//!
+//! Translation is a pure function of a [`DesiredState`] snapshot: the same state always gives
+//! the same resources (and so the same versions), which is what lets a reconnecting proxy be
+//! sent only what changed.
+
+mod authorization;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::store::DesiredState;
+use crate::xds::{ResourceSnapshot, VersionedResource};
+
+pub use authorization::L7_DENY_SUFFIX;
+
+/// The DNS suffix of service hostnames, as in Kubernetes.
+pub const DEFAULT_DOMAIN_SUFFIX: &str = "svc.cluster.local";
+
+/// The cluster id written into workload records, as Istio names a single cluster.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+
+/// The namespace whose selector-less policies apply mesh-wide, as in Istio.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+/// The HBONE port of waypoints.
+pub const HBONE_PORT: u32 = 15008;
+
+/// Settings of the translation.
+#[derive(Clone, Debug)]
+pub struct TranslateConfig {
+    /// Trust domain of every workload identity.
+    pub trust_domain: Arc<str>,
+    /// Namespace whose policies without selector apply to the whole mesh.
+    pub root_namespace: Arc<str>,
+    /// Suffix of service hostnames: `<name>.<namespace>.<suffix>`.
+    pub domain_suffix: Arc<str>,
+    /// Cluster id written into workload records and uids.
+    pub cluster_id: Arc<str>,
+}
+
+impl Default for TranslateConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: ztunnel::identity::DEFAULT_TRUST_DOMAIN.into(),
+            root_namespace: DEFAULT_ROOT_NAMESPACE.into(),
+            domain_suffix: DEFAULT_DOMAIN_SUFFIX.into(),
+            cluster_id: DEFAULT_CLUSTER_ID.into(),
+        }
+    }
+}
+
+impl TranslateConfig {
+    /// The hostname of a service.
+    pub fn hostname(&self, namespace: &str, name: &str) -> String {
+        format!("{name}.{namespace}.{}", self.domain_suffix)
+    }
+
+    /// The uid (and resource name) of a pod's workload record, in Istio's form.
+    pub fn workload_uid(&self, namespace: &str, name: &str) -> String {
+        format!("{}//Pod/{namespace}/{name}", self.cluster_id)
+    }
+}
+
+/// Something an operator should know about the translation: an object that is only partly
+/// enforced, or that refers to something missing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// The object, as `Kind namespace/name`.
+    pub object: String,
+    /// What is wrong and what follows from it.
+    pub message: String,
+}
+
+/// The outcome of one translation.
+#[derive(Debug, Default)]
+pub struct Translation {
+    /// What the ADS server serves.
+    pub snapshot: ResourceSnapshot,
+    /// What the status API reports.
+    pub warnings: Vec<Warning>,
+}
+
+/// Translates one desired state. `generation` numbers the resulting snapshot.
+pub fn translate(state: &DesiredState, config: &TranslateConfig, generation: u64) -> Translation {
+    let mut warnings = Vec::new();
+    let policies = authorization::translate(state, config, &mut warnings);
+    let addresses = workload::translate(state, config, &policies.selected, &mut warnings);
+    let types = BTreeMap::from([
+        (mesh_proto::ADDRESS_TYPE_URL.to_string(), addresses),
+        (mesh_proto::AUTHORIZATION_TYPE_URL.to_string(), policies.resources),
+    ]);
+    Translation {
+        snapshot: ResourceSnapshot::new(generation, types),
+        warnings,
+    }
+}
+
+/// Encodes a message as a named resource of a type.
+fn resource<M: prost::Message>(type_url: &str, name: String, message: &M) -> VersionedResource {
+    VersionedResource::encode(type_url, name, message)
+}
+
+#[cfg(test)]
+mod tests;

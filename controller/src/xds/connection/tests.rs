@@ -1,0 +1,177 @@
+use std::collections::BTreeMap;
+
+use mesh_proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use mesh_proto::google::rpc::Status;
+
+use super::*;
+use crate::xds::resources::VersionedResource;
+
+const T: &str = "type.googleapis.com/test.Thing";
+const U: &str = "type.googleapis.com/test.Other";
+
+fn snapshot(generation: u64, things: &[(&str, i64)]) -> ResourceSnapshot {
+    let list = things
+        .iter()
+        .map(|(name, v)| {
+            VersionedResource::encode(T, *name, &prost_types::Duration { seconds: *v, nanos: 0 })
+        })
+        .collect();
+    ResourceSnapshot::new(generation, BTreeMap::from([(T.to_string(), list)]))
+}
+
+fn subscribe(type_url: &str, names: &[&str]) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: type_url.to_string(),
+        resource_names_subscribe: names.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn ack(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: type_url.to_string(),
+        response_nonce: nonce.to_string(),
+        ..Default::default()
+    }
+}
+
+fn names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
+    response.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+#[test]
+fn wildcard_subscription_gets_everything_then_only_changes() {
+    let mut conn = AdsConnection::default();
+    let (ack0, first) = conn.on_request(subscribe(T, &[]), &snapshot(1, &[("a", 1), ("b", 1)]));
+    assert_eq!(ack0, None);
+    assert_eq!(first.len(), 1);
+    assert_eq!(names(&first[0]), ["a", "b"]);
+    assert_eq!(first[0].system_version_info, "1");
+
+    let changed = conn.on_snapshot(&snapshot(2, &[("a", 1), ("b", 2), ("c", 1)]));
+    assert_eq!(changed.len(), 1);
+    assert_eq!(names(&changed[0]), ["b", "c"]);
+    assert!(changed[0].removed_resources.is_empty());
+
+    let removed = conn.on_snapshot(&snapshot(3, &[("b", 2), ("c", 1)]));
+    assert_eq!(removed.len(), 1);
+    assert!(removed[0].resources.is_empty());
+    assert_eq!(removed[0].removed_resources, ["a"]);
+
+    assert!(conn.on_snapshot(&snapshot(4, &[("b", 2), ("c", 1)])).is_empty(), "nothing changed");
+}
+
+#[test]
+fn first_answer_is_sent_even_when_the_type_is_empty() {
+    let mut conn = AdsConnection::default();
+    let (_, first) = conn.on_request(subscribe(U, &[]), &snapshot(1, &[("a", 1)]));
+    assert_eq!(first.len(), 1);
+    assert!(first[0].resources.is_empty());
+    assert_eq!(first[0].type_url, U);
+}
+
+#[test]
+fn named_subscriptions_get_only_their_names() {
+    let mut conn = AdsConnection::default();
+    let snap = snapshot(1, &[("a", 1), ("b", 1), ("c", 1)]);
+    let (_, first) = conn.on_request(subscribe(T, &["b"]), &snap);
+    assert_eq!(names(&first[0]), ["b"]);
+    let (_, more) = conn.on_request(subscribe(T, &["c"]), &snap);
+    assert_eq!(names(&more[0]), ["c"]);
+    let changed = conn.on_snapshot(&snapshot(2, &[("a", 9), ("b", 1), ("c", 1)]));
+    assert!(changed.is_empty(), "a is not subscribed");
+    let unsub = DeltaDiscoveryRequest {
+        type_url: T.to_string(),
+        resource_names_unsubscribe: vec!["c".to_string()],
+        ..Default::default()
+    };
+    conn.on_request(unsub, &snap);
+    assert!(conn.on_snapshot(&snapshot(3, &[("b", 1), ("c", 5)])).is_empty());
+}
+
+#[test]
+fn reconnect_with_initial_versions_sends_only_the_difference() {
+    let snap = snapshot(7, &[("a", 1), ("b", 2)]);
+    let version_of = |name: &str| snap.of_type(T).unwrap()[name].version.to_string();
+    let mut conn = AdsConnection::default();
+    let request = DeltaDiscoveryRequest {
+        type_url: T.to_string(),
+        initial_resource_versions: [
+            ("a".to_string(), version_of("a")),
+            ("b".to_string(), "stale".to_string()),
+            ("gone".to_string(), "x".to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let (_, first) = conn.on_request(request, &snap);
+    assert_eq!(first.len(), 1);
+    assert_eq!(names(&first[0]), ["b"]);
+    assert_eq!(first[0].removed_resources, ["gone"]);
+}
+
+#[test]
+fn acks_and_nacks_are_tracked_per_type() {
+    let mut conn = AdsConnection::default();
+    let (_, first) = conn.on_request(subscribe(T, &[]), &snapshot(1, &[("a", 1)]));
+    let (got, none) = conn.on_request(ack(T, &first[0].nonce), &snapshot(1, &[("a", 1)]));
+    assert!(none.is_empty(), "an ACK alone asks for nothing");
+    assert_eq!(got, Some(Acknowledgement::Ack { type_url: T.into(), version: 1 }));
+    assert_eq!(conn.status()[T].acked_version, Some(1));
+
+    let pushed = conn.on_snapshot(&snapshot(2, &[("a", 2)]));
+    let nack = DeltaDiscoveryRequest {
+        error_detail: Some(Status {
+            code: 3,
+            message: "workload a: bad address".into(),
+            ..Default::default()
+        }),
+        ..ack(T, &pushed[0].nonce)
+    };
+    let (got, _) = conn.on_request(nack, &snapshot(2, &[("a", 2)]));
+    assert!(matches!(got, Some(Acknowledgement::Nack { version: 2, .. })));
+    let status = &conn.status()[T];
+    assert_eq!(status.acked_version, Some(1), "a NACK does not move the acked version");
+    assert_eq!(status.last_nack.as_deref(), Some("workload a: bad address"));
+    assert_eq!(status.nacks, 1);
+    assert_eq!(status.pending, 0);
+}
+
+#[test]
+fn unknown_nonces_acknowledge_nothing() {
+    let mut conn = AdsConnection::default();
+    conn.on_request(subscribe(T, &[]), &snapshot(1, &[("a", 1)]));
+    let (got, _) = conn.on_request(ack(T, "forged"), &snapshot(1, &[("a", 1)]));
+    assert_eq!(got, None);
+    assert_eq!(conn.status()[T].acked_version, None);
+}
+
+#[test]
+fn large_first_syncs_are_split_under_the_message_limit() {
+    let big = "x".repeat(4096);
+    let list = (0..600)
+        .map(|i| {
+            VersionedResource::encode(
+                T,
+                format!("r{i:04}"),
+                &mesh_proto::google::rpc::Status {
+                    code: i,
+                    message: big.clone(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let snap = ResourceSnapshot::new(1, BTreeMap::from([(T.to_string(), list)]));
+    let mut conn = AdsConnection::default();
+    let (_, responses) = conn.on_request(subscribe(T, &[]), &snap);
+    assert!(responses.len() >= 3, "600 x 4 KiB must take several responses");
+    let total: usize = responses.iter().map(|r| r.resources.len()).sum();
+    assert_eq!(total, 600);
+    for r in &responses {
+        let bytes: usize = r.resources.iter().map(|x| x.resource.as_ref().unwrap().value.len()).sum();
+        assert!(bytes <= MAX_RESPONSE_BYTES + 8192);
+    }
+    let nonces: std::collections::HashSet<_> = responses.iter().map(|r| &r.nonce).collect();
+    assert_eq!(nonces.len(), responses.len(), "every response has its own nonce");
+}

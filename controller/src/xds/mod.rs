@@ -1,0 +1,10 @@
+//! The delta ADS server: pushes the translated resources to every connected proxy.
+
+pub mod connection;
+pub mod registry;
+pub mod resources;
+pub mod server;
+
+pub use registry::{ProxyRegistry, ProxyStatus};
+pub use resources::{ResourceSnapshot, VersionedResource};
+pub use server::{AdsMetrics, AdsService};
