@@ -24,14 +24,22 @@ pub struct SpiffeId {
 /// Why a string is not a mesh identity.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
+    /// The string is not a `spiffe://` URI.
     #[error("identity {0:?} does not start with {SPIFFE_SCHEME}")]
     MissingScheme(String),
-    #[error("identity {0:?} is not of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")]
+    /// The path is not `/ns/<namespace>/sa/<service-account>`.
+    #[error(
+        "identity {0:?} is not of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
+    )]
     BadShape(String),
+    /// One part has characters or a length Kubernetes names cannot have.
     #[error("identity {value:?} has an invalid {part}: {why}")]
     BadPart {
+        /// The whole identity as given.
         value: String,
+        /// Which part is wrong (trust domain, namespace, service account).
         part: &'static str,
+        /// What is wrong with it.
         why: &'static str,
     },
 }
@@ -108,7 +116,9 @@ fn check_part(value: &str, _part: &'static str, dots_allowed: bool) -> Result<()
             || b == b'_'
     });
     if !ok {
-        return Err("only lower-case letters, digits, '-', '_' (and '.' in a trust domain) are allowed");
+        return Err(
+            "only lower-case letters, digits, '-', '_' (and '.' in a trust domain) are allowed",
+        );
     }
     Ok(())
 }
