@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::metrics::ClientMetrics;
-use super::pool::{Pool, PoolKey, StreamLease};
+use super::pool::{Dialer, Pool, PoolKey, StreamLease};
 use super::{H2Stream, HANDSHAKE_TIMEOUT, MAX_CONCURRENT_STREAMS};
 use crate::identity::SpiffeId;
 use crate::tls::{TlsError, TrustBundle, WorkloadCertificate};
@@ -258,8 +258,13 @@ pub struct HboneClient {
 impl HboneClient {
     /// A client with an empty pool.
     pub fn new(settings: ClientSettings, metrics: ClientMetrics) -> Self {
+        Self::with_dialer(settings, metrics, super::pool::direct_dialer())
+    }
+
+    /// A client whose connections are opened by `dialer` (e.g. inside a pod's namespace).
+    pub fn with_dialer(settings: ClientSettings, metrics: ClientMetrics, dialer: Dialer) -> Self {
         Self {
-            pool: Pool::new(settings, metrics),
+            pool: Pool::new(settings, metrics, dialer),
         }
     }
 

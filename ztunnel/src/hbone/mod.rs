@@ -25,6 +25,7 @@ use http::HeaderName;
 
 pub use client::{ClientSettings, HboneClient, HboneError, HboneStream, TunnelRequest};
 pub use metrics::{ClientMetrics, ServerMetrics};
+pub use pool::{Dialer, direct_dialer};
 pub use server::{
     ConnectDecision, ConnectHandler, ConnectRequest, HboneServer, Rejection, ServerConfigSelector,
     ServerError, ServerSettings, TunnelOutcome, Upstream,

@@ -82,20 +82,36 @@ enum Checkout {
     },
 }
 
+/// Opens the TCP connection under a tunnel. The tunnel uses the plain connect by default; the
+/// node proxy supplies one that opens the socket inside the pod's network namespace, so the
+/// tunnel leaves the node with the pod's own address.
+pub type Dialer = Arc<
+    dyn Fn(SocketAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The dialer that connects from the proxy's own network namespace.
+pub fn direct_dialer() -> Dialer {
+    Arc::new(|dst| Box::pin(TcpStream::connect(dst)))
+}
+
 /// All pooled connections of one client.
 pub(crate) struct Pool {
     settings: ClientSettings,
     metrics: ClientMetrics,
+    dialer: Dialer,
     epoch: Instant,
     next_id: AtomicU64,
     entries: Mutex<HashMap<PoolKey, Entry>>,
 }
 
 impl Pool {
-    pub(crate) fn new(settings: ClientSettings, metrics: ClientMetrics) -> Arc<Self> {
+    pub(crate) fn new(settings: ClientSettings, metrics: ClientMetrics, dialer: Dialer) -> Arc<Self> {
         Arc::new(Self {
             settings,
             metrics,
+            dialer,
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
             entries: Mutex::new(HashMap::new()),
@@ -218,7 +234,7 @@ impl DialSpec {
 }
 
 async fn dial_task(pool: Arc<Pool>, key: PoolKey, spec: DialSpec, done: watch::Sender<DialState>) {
-    let outcome = match dial(&spec, pool.settings.connect_timeout).await {
+    let outcome = match dial(&spec, &pool.dialer, pool.settings.connect_timeout).await {
         Ok((sender, connection, peer_identity)) => {
             let id = pool.next_id.fetch_add(1, Ordering::Relaxed);
             let pooled = Arc::new(PooledConnection {
@@ -257,6 +273,7 @@ async fn dial_task(pool: Arc<Pool>, key: PoolKey, spec: DialSpec, done: watch::S
 /// TCP connect, TLS handshake (with the mesh checks) and HTTP/2 preface, under one timeout.
 async fn dial(
     spec: &DialSpec,
+    dialer: &Dialer,
     timeout: Duration,
 ) -> Result<(SendRequest<Bytes>, H2Connection, SpiffeId), HboneError> {
     let dst = spec.destination;
@@ -268,7 +285,7 @@ async fn dial(
                     source: Arc::new(e),
                 }
             })?;
-        let tcp = TcpStream::connect(dst)
+        let tcp = dialer(dst)
             .await
             .map_err(|e| HboneError::TcpConnect {
                 dst,

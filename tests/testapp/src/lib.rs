@@ -1,0 +1,20 @@
+//! The mesh's test application.
+//!
+//! One binary, three modes, used by the lab, the demo and the end-to-end tests:
+//!
+//! - `testapp serve`: an HTTP server (HTTP/1.1 and HTTP/2 prior knowledge on one port, gRPC
+//!   over the same port) that answers every request with who it is and what it saw, can be told
+//!   to fail or delay a share of requests, plus a pure TCP echo.
+//! - `testapp get`: a bounded HTTP/gRPC client that prints one summary JSON line.
+//! - `testapp echo`: a TCP echo client, optionally holding the stream open.
+//!
+//! The clients refuse targets outside loopback and the private ranges the lab uses
+//! ([`target`]), so a typo can never send test load to the outside world.
+
+pub mod cli;
+pub mod client;
+pub mod grpc;
+pub mod sampling;
+pub mod server;
+pub mod shutdown;
+pub mod target;

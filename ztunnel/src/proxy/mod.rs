@@ -1,0 +1,136 @@
+//! The tunnel's data path: what happens to the connections of every captured pod.
+//!
+//! - [`pods`]: the lifecycle of a pod's capture. A pod the node agent announced is captured
+//!   while the controller says it is in the mesh (tunnel protocol HBONE, placed on this node):
+//!   its redirection rules are installed and its three listeners run inside its namespace.
+//! - [`outbound`]: connections the pod opens (port 15001), routed by [`route`] into an HBONE
+//!   tunnel or passed through.
+//! - [`inbound`]: HBONE tunnels to the pod (port 15008): identity, policy, then the app.
+//! - [`plaintext`]: plaintext connections to the pod from outside the mesh (port 15006),
+//!   subject to policy without an identity.
+//! - [`tracker`]: open inbound connections, re-evaluated when policy changes.
+//! - [`metrics`]: Istio's TCP metrics and one access-log line per connection.
+
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod plaintext;
+pub mod pods;
+pub mod route;
+pub mod tracker;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::cert_manager::{CertificateManager, CertificateSource, FetchError};
+use crate::hbone::{ClientMetrics, ServerMetrics};
+use crate::identity::SpiffeId;
+use crate::state::DiscoverySnapshot;
+use crate::tls::{TrustBundle, WorkloadCertificate};
+
+pub use metrics::ConnectionMetrics;
+pub use pods::PodManager;
+pub use tracker::ConnectionTracker;
+
+/// How long open connections may run on after a drain starts before they are closed.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Size of each direction's copy buffer: one TLS record, enough to keep a stream busy.
+pub const COPY_BUFFER: usize = 16 * 1024;
+
+/// A certificate source behind a pointer, so the proxy is not generic over where
+/// certificates come from (the controller's CA in production, a fake in tests).
+pub struct BoxedSource(Box<dyn ErasedSource>);
+
+type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<WorkloadCertificate, FetchError>> + Send + 'a>>;
+
+trait ErasedSource: Send + Sync + 'static {
+    fn fetch_boxed(&self, identity: SpiffeId) -> FetchFuture<'_>;
+}
+
+impl<S: CertificateSource> ErasedSource for S {
+    fn fetch_boxed(&self, identity: SpiffeId) -> FetchFuture<'_> {
+        Box::pin(async move { self.fetch(&identity).await })
+    }
+}
+
+impl BoxedSource {
+    /// Wraps a source.
+    pub fn new(source: impl CertificateSource) -> Self {
+        Self(Box::new(source))
+    }
+}
+
+impl CertificateSource for BoxedSource {
+    fn fetch(&self, identity: &SpiffeId) -> impl Future<Output = Result<WorkloadCertificate, FetchError>> + Send {
+        self.0.fetch_boxed(identity.clone())
+    }
+}
+
+/// The certificate manager of the proxy.
+pub type Certificates = CertificateManager<BoxedSource>;
+
+/// Behaviour an operator may change.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// See [`DRAIN_DEADLINE`].
+    pub drain_deadline: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            drain_deadline: DRAIN_DEADLINE,
+        }
+    }
+}
+
+/// What every connection handler of the node shares.
+pub struct ProxyContext {
+    /// The node this proxy serves; only pods placed here are captured.
+    pub node: Arc<str>,
+    /// The latest discovery state.
+    pub discovery: watch::Receiver<Arc<DiscoverySnapshot>>,
+    /// Certificates of the served identities.
+    pub certs: Certificates,
+    /// The mesh roots.
+    pub trust: TrustBundle,
+    /// Connection telemetry.
+    pub metrics: ConnectionMetrics,
+    /// HBONE client counters, shared by every pod's pool.
+    pub client_metrics: ClientMetrics,
+    /// HBONE server counters, shared by every pod's server.
+    pub server_metrics: ServerMetrics,
+    /// Open inbound connections, for policy re-evaluation.
+    pub tracker: ConnectionTracker,
+    /// Settings.
+    pub settings: ProxySettings,
+}
+
+impl ProxyContext {
+    /// The current discovery snapshot.
+    pub fn snapshot(&self) -> Arc<DiscoverySnapshot> {
+        self.discovery.borrow().clone()
+    }
+}
+
+/// Completes when `stop` turns true (or its sender is gone). The guard `wait_for` returns is
+/// dropped here, so callers can select on this from `Send` futures.
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Copies bytes both ways until both sides are done; returns (a to b, b to a).
+pub async fn copy_both<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await
+}
