@@ -238,10 +238,8 @@ impl PodManager {
     }
 
     async fn forget(&mut self, uid: &PodUid) {
-        if let Some(pod) = self.pods.remove(uid) {
-            if let Some(capture) = pod.capture {
-                release(&self.ctx, capture, true).await;
-            }
+        if let Some(capture) = self.pods.remove(uid).and_then(|pod| pod.capture) {
+            release(&self.ctx, capture, true).await;
         }
         self.forget_unused_identities();
     }
@@ -343,10 +341,10 @@ async fn release(ctx: &ProxyContext, mut capture: Capture, remove_rules: bool) {
     })
     .await;
     capture.tasks.abort_all();
-    if remove_rules {
-        if let Err(error) = rules::remove(&capture.pod.netns).await {
-            warn!(pod = %capture.pod.uid, %error, "cannot remove the redirection rules");
-        }
+    if remove_rules
+        && let Err(error) = rules::remove(&capture.pod.netns).await
+    {
+        warn!(pod = %capture.pod.uid, %error, "cannot remove the redirection rules");
     }
     info!(pod = %capture.pod.uid, "pod released");
 }
@@ -374,10 +372,10 @@ fn config_selector(ctx: &Arc<ProxyContext>, pod: &Arc<PodCapture>) -> ServerConf
     Arc::new(move |_local| {
         let cert = ctx.certs.current(&identity)?;
         let mut cached = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((held, config)) = cached.as_ref() {
-            if Arc::ptr_eq(held, &cert) {
-                return Some(config.clone());
-            }
+        if let Some((held, config)) = cached.as_ref()
+            && Arc::ptr_eq(held, &cert)
+        {
+            return Some(config.clone());
         }
         let config = server_config(&cert, &ctx.trust).ok()?;
         *cached = Some((cert, config.clone()));

@@ -95,10 +95,10 @@ fn route_service(
     service: Arc<ServiceInfo>,
     dst: SocketAddr,
 ) -> Result<Route, RouteError> {
-    if let Some(waypoint) = &service.waypoint {
-        if !is_waypoint_itself(snapshot, source, waypoint) {
-            return via_waypoint(snapshot, waypoint, dst, Some(service.clone()), &service.hostname);
-        }
+    if let Some(waypoint) = &service.waypoint
+        && !is_waypoint_itself(snapshot, source, waypoint)
+    {
+        return via_waypoint(snapshot, waypoint, dst, Some(service.clone()), &service.hostname);
     }
     let port = dst.port();
     if !service.ports.contains_key(&port) {
@@ -132,10 +132,10 @@ fn route_workload(
     dst: SocketAddr,
     service: Option<Arc<ServiceInfo>>,
 ) -> Result<Route, RouteError> {
-    if let Some(waypoint) = &workload.waypoint {
-        if !is_waypoint_itself(snapshot, source, waypoint) {
-            return via_waypoint(snapshot, waypoint, dst, service, &workload.name);
-        }
+    if let Some(waypoint) = &workload.waypoint
+        && !is_waypoint_itself(snapshot, source, waypoint)
+    {
+        return via_waypoint(snapshot, waypoint, dst, service, &workload.name);
     }
     Ok(direct(workload, dst, service))
 }
