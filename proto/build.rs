@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(&files, ["proto"])?;
     tonic_prost_build::configure()
+        // Maps that the controller encodes must encode the same way every time: resource
+        // versions are digests of the bytes, and a HashMap's order changes per instance.
+        .btree_map(".istio.workload.Workload.services")
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use ipnet::IpNet;
@@ -12,11 +12,13 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use ztunnel::identity::SpiffeId;
 
 use crate::auth::{Caller, Tokens};
-use crate::ca::{CaMetrics, CaOptions, CertificateAuthority, CertificateService, IdentityPlacement};
+use crate::ca::{
+    CaMetrics, CaOptions, CertificateAuthority, CertificateService, IdentityPlacement,
+};
 use crate::grpc::{self, ServingIdentity};
 use crate::status::{ModelReport, StatusApi};
 use crate::store::{DesiredState, Store, StoreConfig, StoreMetrics};
@@ -58,6 +60,8 @@ pub struct ControllerConfig {
     pub grpc_addr: SocketAddr,
     /// Where the status API listens.
     pub status_addr: SocketAddr,
+    /// Also serve the status API on this Unix socket (the lab's tools use it).
+    pub status_socket: Option<PathBuf>,
     /// CIDR of allocated service VIPs.
     pub service_cidr: IpNet,
     /// Certificate lifetimes.
@@ -83,8 +87,12 @@ pub struct Controller {
 impl Controller {
     /// Opens the state, starts every task and binds both ports (port 0 picks a free port).
     pub async fn start(config: ControllerConfig) -> anyhow::Result<Self> {
-        crate::fs::create_private_dir(&config.state_dir)
-            .with_context(|| format!("cannot create the state directory {}", config.state_dir.display()))?;
+        crate::fs::create_private_dir(&config.state_dir).with_context(|| {
+            format!(
+                "cannot create the state directory {}",
+                config.state_dir.display()
+            )
+        })?;
         let mut registry = Registry::with_prefix("");
         let ca = CertificateAuthority::load_or_create(
             &config.state_dir.join("ca"),
@@ -92,8 +100,12 @@ impl Controller {
             config.ca.clone(),
         )?;
         let roots_pem = ca.roots_pem().concat();
-        crate::fs::write_atomically(&config.state_dir.join(ROOT_CERT_FILE), roots_pem.as_bytes(), 0o644)
-            .context("cannot write the trust bundle")?;
+        crate::fs::write_atomically(
+            &config.state_dir.join(ROOT_CERT_FILE),
+            roots_pem.as_bytes(),
+            0o644,
+        )
+        .context("cannot write the trust bundle")?;
         let serving = serving_identity(&ca, &config)?;
         let ca = Arc::new(ca);
 
@@ -109,16 +121,24 @@ impl Controller {
         let (snapshots_tx, snapshots_rx) = watch::channel(Arc::new(ResourceSnapshot::default()));
         let (model_tx, model_rx) = watch::channel(Arc::new(ModelReport::default()));
         let proxies = ProxyRegistry::default();
-        let ads = AdsService::new(tokens_rx.clone(), snapshots_rx, proxies.clone(), AdsMetrics::register(&mut registry));
+        let ads = AdsService::new(
+            tokens_rx.clone(),
+            snapshots_rx,
+            proxies.clone(),
+            AdsMetrics::register(&mut registry),
+        );
         let placement = Arc::new(StorePlacement(desired.clone()));
-        let ca_service = CertificateService::new(ca, tokens_rx, placement, CaMetrics::register(&mut registry));
+        let ca_service =
+            CertificateService::new(ca, tokens_rx, placement, CaMetrics::register(&mut registry));
 
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot listen for gRPC on {}", config.grpc_addr))?;
         let status_listener = TcpListener::bind(config.status_addr)
             .await
-            .with_context(|| format!("cannot listen for the status API on {}", config.status_addr))?;
+            .with_context(|| {
+                format!("cannot listen for the status API on {}", config.status_addr)
+            })?;
         let grpc_addr = grpc_listener.local_addr()?;
         let status_addr = status_listener.local_addr()?;
 
@@ -127,8 +147,19 @@ impl Controller {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let mut tasks = JoinSet::new();
-        tasks.spawn(publish_translations(desired, config.translate.clone(), snapshots_tx, model_tx, store));
-        tasks.spawn(reload_tokens(config.state_dir.clone(), tokens_tx, shutdown_rx.clone()));
+        tasks.spawn(publish_translations(
+            desired,
+            config.translate.clone(),
+            snapshots_tx,
+            model_tx,
+            store,
+            shutdown_rx.clone(),
+        ));
+        tasks.spawn(reload_tokens(
+            config.state_dir.clone(),
+            tokens_tx,
+            shutdown_rx.clone(),
+        ));
         let grpc_stop = stopped(shutdown_rx.clone());
         tasks.spawn(async move {
             grpc::serve(grpc_listener, serving, ads, ca_service, grpc_stop)
@@ -142,8 +173,25 @@ impl Controller {
             desired: desired_for_status,
             translate: config.translate.clone(),
         };
+        if let Some(path) = &config.status_socket {
+            let _ = std::fs::remove_file(path);
+            let unix = tokio::net::UnixListener::bind(path).with_context(|| {
+                format!("cannot listen for the status API on {}", path.display())
+            })?;
+            let api = api.clone();
+            let unix_stop = stopped(shutdown_rx.clone());
+            tasks.spawn(async move {
+                api.serve_unix(unix, unix_stop)
+                    .await
+                    .context("the status API socket failed")
+            });
+        }
         let status_stop = stopped(shutdown_rx);
-        tasks.spawn(async move { api.serve(status_listener, status_stop).await.context("the status API failed") });
+        tasks.spawn(async move {
+            api.serve(status_listener, status_stop)
+                .await
+                .context("the status API failed")
+        });
         info!(%grpc_addr, %status_addr, manifests = %config.manifest_dir.display(), "controller started");
         Ok(Self {
             grpc_addr,
@@ -155,7 +203,10 @@ impl Controller {
     }
 
     /// Runs until a task fails or `signal` completes, then stops everything.
-    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let result = tokio::select! {
             () = signal => Ok(()),
             Some(done) = self.tasks.join_next() => match done {
@@ -180,7 +231,10 @@ impl Controller {
 }
 
 /// Issues the controller's serving certificate from its own CA.
-fn serving_identity(ca: &CertificateAuthority, config: &ControllerConfig) -> anyhow::Result<ServingIdentity> {
+fn serving_identity(
+    ca: &CertificateAuthority,
+    config: &ControllerConfig,
+) -> anyhow::Result<ServingIdentity> {
     let mut ips = vec![config.grpc_addr.ip()];
     if ips[0].is_unspecified() {
         ips = vec!["127.0.0.1".parse()?];
@@ -193,22 +247,30 @@ fn serving_identity(ca: &CertificateAuthority, config: &ControllerConfig) -> any
 }
 
 /// Translates every new desired state and publishes the resources and the report. Keeps the
-/// store alive for as long as it runs.
+/// store alive for as long as it runs. Returns on shutdown: dropping the snapshot sender is
+/// what tells every ADS stream to end, so the gRPC server can finish its graceful shutdown.
 async fn publish_translations(
     mut desired: watch::Receiver<Arc<DesiredState>>,
     config: TranslateConfig,
     snapshots: watch::Sender<Arc<ResourceSnapshot>>,
     model: watch::Sender<Arc<ModelReport>>,
     _store: Store,
+    mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut generation = 0;
     loop {
         let state = desired.borrow_and_update().clone();
         generation += 1;
         let config = config.clone();
+        let previous = snapshots.borrow().clone();
         let translation = tokio::task::spawn_blocking(move || {
-            let translation = translate(&state, &config, generation);
+            let started = Instant::now();
+            let mut translation = translate(&state, &config, generation);
+            // Computed once here, so that every ADS stream handles a small change in time
+            // proportional to the change rather than to the whole mesh.
+            translation.snapshot = translation.snapshot.with_changes_since(&previous);
             let rejected = state.rejected.iter().map(ToString::to_string).collect();
+            debug!(generation, elapsed = ?started.elapsed(), "desired state translated");
             (translation, rejected)
         })
         .await?;
@@ -222,8 +284,11 @@ async fn publish_translations(
             rejected,
             warnings: translation.warnings,
         }));
-        if desired.changed().await.is_err() {
-            return Ok(());
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            changed = desired.changed() => if changed.is_err() {
+                return Ok(());
+            },
         }
     }
 }
@@ -250,7 +315,9 @@ async fn reload_tokens(
                 info!("token table reloaded");
                 tokens.send_replace(Arc::new(table));
             }
-            Err(e) => warn!(error = %e, "token table not reloaded; the previous one stays in force"),
+            Err(e) => {
+                warn!(error = %e, "token table not reloaded; the previous one stays in force")
+            }
         }
     }
 }
@@ -266,8 +333,10 @@ struct StorePlacement(watch::Receiver<Arc<DesiredState>>);
 
 impl IdentityPlacement for StorePlacement {
     fn may_hold(&self, caller: &Caller, identity: &SpiffeId) -> bool {
-        self.0
-            .borrow()
-            .node_runs_identity(&caller.node, identity.namespace(), identity.service_account())
+        self.0.borrow().node_runs_identity(
+            &caller.node,
+            identity.namespace(),
+            identity.service_account(),
+        )
     }
 }

@@ -96,14 +96,21 @@ impl Tokens {
     pub fn load(state_dir: &Path) -> Result<Self, AuthError> {
         let path = state_dir.join(TOKENS_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| AuthError::Parse { path, source }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| AuthError::Parse { path, source })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(source) => Err(AuthError::Read { path, source }),
         }
     }
 
     /// Issues a new token for a proxy on a node and saves the table (owner-only permissions).
-    pub fn issue(&mut self, state_dir: &Path, kind: ProxyKind, node: &str) -> Result<String, AuthError> {
+    pub fn issue(
+        &mut self,
+        state_dir: &Path,
+        kind: ProxyKind,
+        node: &str,
+    ) -> Result<String, AuthError> {
         let mut raw = [0u8; TOKEN_BYTES];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
             .map_err(|_| AuthError::Random)?;
@@ -135,7 +142,10 @@ impl Tokens {
     }
 
     /// Authenticates a gRPC call from its `authorization: Bearer <token>` metadata.
-    pub fn authenticate(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, AuthError> {
+    pub fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Caller, AuthError> {
         let value = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -156,7 +166,9 @@ mod tests {
     fn issued_tokens_authenticate_and_survive_a_reload() {
         let dir = tempfile::tempdir().unwrap();
         let mut tokens = Tokens::load(dir.path()).unwrap();
-        let token = tokens.issue(dir.path(), ProxyKind::Ztunnel, "node-1").unwrap();
+        let token = tokens
+            .issue(dir.path(), ProxyKind::Ztunnel, "node-1")
+            .unwrap();
         let reloaded = Tokens::load(dir.path()).unwrap();
         let mut md = tonic::metadata::MetadataMap::new();
         md.insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -169,10 +181,18 @@ mod tests {
     fn unknown_or_missing_tokens_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut tokens = Tokens::default();
-        tokens.issue(dir.path(), ProxyKind::Ztunnel, "node-1").unwrap();
+        tokens
+            .issue(dir.path(), ProxyKind::Ztunnel, "node-1")
+            .unwrap();
         let mut md = tonic::metadata::MetadataMap::new();
-        assert!(matches!(tokens.authenticate(&md), Err(AuthError::MissingToken)));
+        assert!(matches!(
+            tokens.authenticate(&md),
+            Err(AuthError::MissingToken)
+        ));
         md.insert("authorization", "Bearer nope".parse().unwrap());
-        assert!(matches!(tokens.authenticate(&md), Err(AuthError::UnknownToken)));
+        assert!(matches!(
+            tokens.authenticate(&md),
+            Err(AuthError::UnknownToken)
+        ));
     }
 }

@@ -13,7 +13,10 @@ pub fn write_private_atomically(path: &Path, contents: &[u8]) -> std::io::Result
 /// Replaces `path` with `contents` atomically, with the given permission bits.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     // A dot-prefixed temporary name: directory watchers skip hidden files.
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {

@@ -46,8 +46,12 @@ pub async fn serve(
         .tls_config(tls)?
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(IstioCertificateServiceServer::new(ca).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            IstioCertificateServiceServer::new(ca).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }

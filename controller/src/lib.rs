@@ -5,8 +5,8 @@
 
 pub mod app;
 pub mod auth;
-pub mod cli;
 pub mod ca;
+pub mod cli;
 pub mod fs;
 pub mod grpc;
 pub mod status;

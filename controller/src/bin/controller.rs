@@ -45,6 +45,9 @@ struct ServeArgs {
     /// Address of the status API and metrics (HTTP).
     #[arg(long, default_value = DEFAULT_STATUS_ADDR)]
     status_addr: SocketAddr,
+    /// Also serve the status API on this Unix socket.
+    #[arg(long)]
+    status_socket: Option<PathBuf>,
     /// Trust domain of workload identities.
     #[arg(long, default_value = ztunnel::identity::DEFAULT_TRUST_DOMAIN)]
     trust_domain: String,
@@ -97,7 +100,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Token(TokenCommand::Issue { state, node, kind, out }) => {
+        Command::Token(TokenCommand::Issue {
+            state,
+            node,
+            kind,
+            out,
+        }) => {
             controller::fs::create_private_dir(&state)
                 .with_context(|| format!("cannot create {}", state.display()))?;
             let kind = match kind {
@@ -115,13 +123,17 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
-    let mut serving_names: Vec<String> = DEFAULT_SERVING_NAMES.iter().map(|s| s.to_string()).collect();
+    let mut serving_names: Vec<String> = DEFAULT_SERVING_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     serving_names.extend(args.serving_names);
     let config = ControllerConfig {
         manifest_dir: args.manifests,
         state_dir: args.state,
         grpc_addr: args.grpc_addr,
         status_addr: args.status_addr,
+        status_socket: args.status_socket,
         service_cidr: args.service_cidr,
         ca: CaOptions {
             default_ttl: Duration::from_secs(args.cert_ttl_secs),

@@ -327,7 +327,8 @@ impl CertificateAuthority {
         ips: &[std::net::IpAddr],
         ttl: Duration,
     ) -> Result<ServingCertificate, CaError> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Sign)?;
+        let key =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(CaError::Sign)?;
         let mut params = CertificateParams::new(dns_names.to_vec()).map_err(CaError::Sign)?;
         params
             .subject_alt_names
@@ -343,7 +344,9 @@ impl CertificateAuthority {
             .map_or(self.signing_not_after, |t| t.min(self.signing_not_after));
         params.not_before = asn1_time(now - CLOCK_SKEW).to_datetime();
         params.not_after = asn1_time(not_after).to_datetime();
-        let cert = params.signed_by(&key, &self.issuer).map_err(CaError::Sign)?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(CaError::Sign)?;
         let mut cert_chain_pem = cert.pem();
         for c in &self.chain {
             cert_chain_pem.push_str(c);

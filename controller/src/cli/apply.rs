@@ -47,12 +47,17 @@ pub fn delete(
             let (label, text) = read_one(file)?;
             let objects = validate_manifest_text(&label, &text).map_err(|rejections| {
                 let list: Vec<String> = rejections.iter().map(ToString::to_string).collect();
-                anyhow::anyhow!("cannot read the objects to delete:\n  {}", list.join("\n  "))
+                anyhow::anyhow!(
+                    "cannot read the objects to delete:\n  {}",
+                    list.join("\n  ")
+                )
             })?;
             objects.iter().map(|o| o.key()).collect()
         }
         (None, Some(kind), Some(name)) => vec![object_key(kind, name, namespace)?],
-        _ => bail!("say what to delete: `meshctl delete -f FILE` or `meshctl delete KIND NAME [-n NS]`"),
+        _ => bail!(
+            "say what to delete: `meshctl delete -f FILE` or `meshctl delete KIND NAME [-n NS]`"
+        ),
     };
     for key in keys {
         dir.delete(&key)?;
@@ -62,10 +67,19 @@ pub fn delete(
 }
 
 /// Sets or removes labels.
-pub fn label(context: &Context, kind: &str, name: &str, namespace: &str, labels: &[String]) -> anyhow::Result<()> {
+pub fn label(
+    context: &Context,
+    kind: &str,
+    name: &str,
+    namespace: &str,
+    labels: &[String],
+) -> anyhow::Result<()> {
     let key = object_key(kind, name, namespace)?;
     if !matches!(key.kind, Kind::Namespace | Kind::Service | Kind::Pod) {
-        bail!("labels can be set on namespaces, services and pods, not on {}", key.kind.as_str());
+        bail!(
+            "labels can be set on namespaces, services and pods, not on {}",
+            key.kind.as_str()
+        );
     }
     let dir = ManifestDir::new(context.manifest_dir()?);
     for label in labels {
@@ -75,7 +89,11 @@ pub fn label(context: &Context, kind: &str, name: &str, namespace: &str, labels:
             (None, None) => bail!("{label:?} is not KEY=VALUE (to set) or KEY- (to remove)"),
         };
         let changed = dir.set_label(&key, label_key, value)?;
-        let what = if changed.is_some() { "labeled" } else { "unchanged" };
+        let what = if changed.is_some() {
+            "labeled"
+        } else {
+            "unchanged"
+        };
         println!("{} {what}", describe(&key));
     }
     Ok(())
@@ -110,17 +128,18 @@ fn read_one(path: &Path) -> anyhow::Result<(String, String)> {
             .context("cannot read the manifests from standard input")?;
         return Ok(("-".to_string(), text));
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok((path.display().to_string(), text))
 }
 
 /// The file an input is stored as: its own file name, or, for standard input, a name made
 /// from the first object so that separate applies do not replace each other.
 fn target_file_name(label: &str, text: &str) -> String {
-    if label != "-" {
-        if let Some(name) = Path::new(label).file_name() {
-            return name.to_string_lossy().into_owned();
-        }
+    if label != "-"
+        && let Some(name) = Path::new(label).file_name()
+    {
+        return name.to_string_lossy().into_owned();
     }
     let first = validate_manifest_text(label, text)
         .ok()

@@ -6,7 +6,12 @@ use serde_json::Value;
 use super::{Context, http, table};
 
 /// Lists objects of a kind.
-pub fn get(context: &Context, kind: &str, namespace: Option<&str>, output: Option<&str>) -> anyhow::Result<()> {
+pub fn get(
+    context: &Context,
+    kind: &str,
+    namespace: Option<&str>,
+    output: Option<&str>,
+) -> anyhow::Result<()> {
     let kind = plural(kind);
     let path = match namespace {
         Some(ns) => format!("/objects/{kind}?namespace={ns}"),
@@ -24,32 +29,81 @@ pub fn get(context: &Context, kind: &str, namespace: Option<&str>, output: Optio
     Ok(())
 }
 
-/// Columns per kind: (header, JSON field); the wide ones come after `|`.
-fn columns(kind: &str) -> (&'static [(&'static str, &'static str)], &'static [(&'static str, &'static str)]) {
+/// A table column: its header and the JSON field it shows.
+type Column = (&'static str, &'static str);
+
+/// Columns per kind: the default ones, and the extra ones `-o wide` adds.
+fn columns(kind: &str) -> (&'static [Column], &'static [Column]) {
     match kind {
-        "namespaces" => (&[("NAME", "name"), ("ENROLLED", "enrolled"), ("WAYPOINT", "waypoint")], &[("LABELS", "labels")]),
+        "namespaces" => (
+            &[
+                ("NAME", "name"),
+                ("ENROLLED", "enrolled"),
+                ("WAYPOINT", "waypoint"),
+            ],
+            &[("LABELS", "labels")],
+        ),
         "pods" => (
-            &[("NAMESPACE", "namespace"), ("NAME", "name"), ("NODE", "node"), ("IP", "ip"), ("ENROLLED", "enrolled")],
-            &[("SERVICE-ACCOUNT", "service_account"), ("PHASE", "phase"), ("LABELS", "labels")],
+            &[
+                ("NAMESPACE", "namespace"),
+                ("NAME", "name"),
+                ("NODE", "node"),
+                ("IP", "ip"),
+                ("ENROLLED", "enrolled"),
+            ],
+            &[
+                ("SERVICE-ACCOUNT", "service_account"),
+                ("PHASE", "phase"),
+                ("LABELS", "labels"),
+            ],
         ),
         "services" => (
-            &[("NAMESPACE", "namespace"), ("NAME", "name"), ("VIP", "vip"), ("PORTS", "ports"), ("WAYPOINT", "waypoint")],
+            &[
+                ("NAMESPACE", "namespace"),
+                ("NAME", "name"),
+                ("VIP", "vip"),
+                ("PORTS", "ports"),
+                ("WAYPOINT", "waypoint"),
+            ],
             &[("ENDPOINTS", "endpoints"), ("SELECTOR", "selector")],
         ),
         "workloads" => (
-            &[("NAMESPACE", "namespace"), ("NAME", "name"), ("IP", "ip"), ("NODE", "node"), ("PROTOCOL", "protocol"), ("WAYPOINT", "waypoint")],
+            &[
+                ("NAMESPACE", "namespace"),
+                ("NAME", "name"),
+                ("IP", "ip"),
+                ("NODE", "node"),
+                ("PROTOCOL", "protocol"),
+                ("WAYPOINT", "waypoint"),
+            ],
             &[("IDENTITY", "identity"), ("UID", "uid")],
         ),
         "authorizationpolicies" => (
-            &[("NAMESPACE", "namespace"), ("NAME", "name"), ("ACTION", "action"), ("APPLIES-TO", "applies_to"), ("RULES", "rules")],
+            &[
+                ("NAMESPACE", "namespace"),
+                ("NAME", "name"),
+                ("ACTION", "action"),
+                ("APPLIES-TO", "applies_to"),
+                ("RULES", "rules"),
+            ],
             &[("DRY-RUN", "dry_run")],
         ),
         "gateways" => (
-            &[("NAMESPACE", "namespace"), ("NAME", "name"), ("CLASS", "class"), ("WAYPOINT", "waypoint")],
+            &[
+                ("NAMESPACE", "namespace"),
+                ("NAME", "name"),
+                ("CLASS", "class"),
+                ("WAYPOINT", "waypoint"),
+            ],
             &[("LISTENERS", "listeners")],
         ),
         _ => (
-            &[("NAMESPACE", "namespace"), ("NAME", "name"), ("PARENTS", "parents"), ("RULES", "rules")],
+            &[
+                ("NAMESPACE", "namespace"),
+                ("NAME", "name"),
+                ("PARENTS", "parents"),
+                ("RULES", "rules"),
+            ],
             &[("HOSTNAMES", "hostnames")],
         ),
     }
@@ -61,7 +115,10 @@ fn print_table(kind: &str, rows: &[Value], wide: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let (narrow, extra) = columns(kind);
-    let cols: Vec<_> = narrow.iter().chain(if wide { extra.iter() } else { [].iter() }).collect();
+    let cols: Vec<_> = narrow
+        .iter()
+        .chain(if wide { extra.iter() } else { [].iter() })
+        .collect();
     let header: Vec<&str> = cols.iter().map(|(h, _)| *h).collect();
     let cells: Vec<Vec<String>> = rows
         .iter()
@@ -78,7 +135,11 @@ fn cell(value: &Value) -> String {
         Value::Array(items) if items.is_empty() => "-".to_string(),
         Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
         Value::Object(map) if map.is_empty() => "-".to_string(),
-        Value::Object(map) => map.iter().map(|(k, v)| format!("{k}={}", cell(v))).collect::<Vec<_>>().join(","),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", cell(v)))
+            .collect::<Vec<_>>()
+            .join(","),
         other => other.to_string(),
     }
 }
@@ -103,13 +164,27 @@ pub fn proxy_status(context: &Context) -> anyhow::Result<()> {
         println!("No proxies connected (configuration generation {generation}).");
     } else {
         let rows: Vec<Vec<String>> = proxies.iter().map(|p| proxy_row(p, generation)).collect();
-        table::print(&["NODE", "KIND", "PROXY", "ADDRESSES", "AUTHORIZATION", "LAST NACK"], &rows);
+        table::print(
+            &[
+                "NODE",
+                "KIND",
+                "PROXY",
+                "ADDRESSES",
+                "AUTHORIZATION",
+                "LAST NACK",
+            ],
+            &rows,
+        );
     }
     for rejected in status["rejected"].as_array().into_iter().flatten() {
         println!("rejected: {}", cell(rejected));
     }
     for warning in status["warnings"].as_array().into_iter().flatten() {
-        println!("warning: {}: {}", cell(&warning["object"]), cell(&warning["message"]));
+        println!(
+            "warning: {}: {}",
+            cell(&warning["object"]),
+            cell(&warning["message"])
+        );
     }
     Ok(())
 }

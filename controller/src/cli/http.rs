@@ -38,7 +38,10 @@ pub fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
 pub fn get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     let (status, body) = get(addr, path)?;
     if status != 200 {
-        anyhow::bail!("the controller answered {status} for {path}: {}", body.trim());
+        anyhow::bail!(
+            "the controller answered {status} for {path}: {}",
+            body.trim()
+        );
     }
     Ok(serde_json::from_str(&body)?)
 }

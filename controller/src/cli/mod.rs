@@ -15,7 +15,11 @@ pub use context::Context;
 
 /// The command line.
 #[derive(Parser)]
-#[command(name = "meshctl", version, about = "Drive the mesh: apply manifests, label, inspect")]
+#[command(
+    name = "meshctl",
+    version,
+    about = "Drive the mesh: apply manifests, label, inspect"
+)]
 pub struct Cli {
     /// The manifest directory of the controller (default: from the lab context).
     #[arg(long, global = true, env = "MESH_MANIFESTS")]
@@ -90,7 +94,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             kind,
             name,
             namespace,
-        } => apply::delete(&context, file.as_deref(), kind.as_deref(), name.as_deref(), &namespace),
+        } => apply::delete(
+            &context,
+            file.as_deref(),
+            kind.as_deref(),
+            name.as_deref(),
+            &namespace,
+        ),
         Command::Label {
             kind,
             name,

@@ -81,6 +81,18 @@ impl StatusApi {
             .with_state(self)
     }
 
+    /// Serves the API on a Unix socket until `shutdown` completes: the lab's tools reach a
+    /// controller in another network namespace through the file system.
+    pub async fn serve_unix(
+        self,
+        listener: tokio::net::UnixListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
     /// Serves the API on `listener` until `shutdown` completes.
     pub async fn serve(
         self,
@@ -113,7 +125,10 @@ async fn objects(
         Some(rows) => Json(rows).into_response(),
         None => (
             StatusCode::NOT_FOUND,
-            format!("unknown kind {kind:?}; known kinds: {}\n", views::KINDS.join(", ")),
+            format!(
+                "unknown kind {kind:?}; known kinds: {}\n",
+                views::KINDS.join(", ")
+            ),
         )
             .into_response(),
     }
@@ -123,7 +138,11 @@ async fn ready(State(api): State<StatusApi>) -> Response {
     if api.model.borrow().generation > 0 {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no configuration translated yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration translated yet\n",
+        )
+            .into_response()
     }
 }
 
@@ -131,10 +150,17 @@ async fn metrics(State(api): State<StatusApi>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &api.metrics) {
         Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}\n"),
+        )
+            .into_response(),
     }
 }

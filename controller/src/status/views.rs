@@ -40,6 +40,18 @@ pub struct PodRow {
     pub enrolled: bool,
     pub deployment: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// What the pod runs; the lab's kubelet starts these.
+    pub containers: Vec<ContainerRow>,
+}
+
+/// One container of a pod.
+#[derive(Debug, Serialize)]
+pub struct ContainerRow {
+    pub name: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<u16>,
 }
 
 /// A service row.
@@ -121,7 +133,8 @@ pub fn rows(
 }
 
 fn namespaces(state: &DesiredState) -> Vec<NamespaceRow> {
-    let mut names: std::collections::BTreeSet<&str> = state.namespaces.keys().map(|n| &**n).collect();
+    let mut names: std::collections::BTreeSet<&str> =
+        state.namespaces.keys().map(|n| &**n).collect();
     names.extend(state.pods.values().map(|p| &*p.namespace));
     names.extend(state.services.values().map(|s| &*s.namespace));
     names
@@ -130,7 +143,8 @@ fn namespaces(state: &DesiredState) -> Vec<NamespaceRow> {
             let labels = state.namespace_labels(name);
             NamespaceRow {
                 name: name.to_string(),
-                enrolled: labels.get("istio.io/dataplane-mode").map(String::as_str) == Some("ambient"),
+                enrolled: labels.get("istio.io/dataplane-mode").map(String::as_str)
+                    == Some("ambient"),
                 waypoint: labels.get("istio.io/use-waypoint").cloned(),
                 labels: labels.clone(),
             }
@@ -153,6 +167,21 @@ fn pods(state: &DesiredState, in_ns: &dyn Fn(&str) -> bool) -> Vec<PodRow> {
             enrolled: state.pod_enrolled(p),
             deployment: p.from_deployment.as_deref().map(str::to_string),
             labels: p.labels.clone(),
+            containers: p
+                .containers
+                .iter()
+                .map(|c| ContainerRow {
+                    name: c.name.clone(),
+                    command: c.command.clone(),
+                    args: c.args.clone(),
+                    env: c
+                        .env
+                        .iter()
+                        .map(|e| (e.name.clone(), e.value.clone()))
+                        .collect(),
+                    ports: c.ports.iter().map(|p| p.port).collect(),
+                })
+                .collect(),
         })
         .collect()
 }
@@ -188,7 +217,11 @@ fn services(state: &DesiredState, in_ns: &dyn Fn(&str) -> bool) -> Vec<ServiceRo
         .collect()
 }
 
-fn workloads(state: &DesiredState, config: &TranslateConfig, in_ns: &dyn Fn(&str) -> bool) -> Vec<WorkloadRow> {
+fn workloads(
+    state: &DesiredState,
+    config: &TranslateConfig,
+    in_ns: &dyn Fn(&str) -> bool,
+) -> Vec<WorkloadRow> {
     state
         .pods
         .values()
@@ -203,7 +236,11 @@ fn workloads(state: &DesiredState, config: &TranslateConfig, in_ns: &dyn Fn(&str
                 "spiffe://{}/ns/{}/sa/{}",
                 config.trust_domain, p.namespace, p.service_account
             ),
-            protocol: if state.pod_enrolled(p) { "HBONE" } else { "TCP" },
+            protocol: if state.pod_enrolled(p) {
+                "HBONE"
+            } else {
+                "TCP"
+            },
             waypoint: state.use_waypoint_for_pod(p).map(|w| w.to_string()),
         })
         .collect()

@@ -67,7 +67,9 @@ pub(super) fn translate(
             PolicyAction::Allow => Action::Allow,
             PolicyAction::Deny => Action::Deny,
             PolicyAction::Audit | PolicyAction::Custom => {
-                warn("AUDIT and CUSTOM actions are not supported; the policy is not enforced".into());
+                warn(
+                    "AUDIT and CUSTOM actions are not supported; the policy is not enforced".into(),
+                );
                 continue;
             }
         };
@@ -107,14 +109,21 @@ pub(super) fn translate(
                 }
             }
             Action::Deny => emitted.push(Authorization {
-                groups: converted.l4_only.into_iter().chain(converted.l7_as_l4).collect(),
+                groups: converted
+                    .l4_only
+                    .into_iter()
+                    .chain(converted.l7_as_l4)
+                    .collect(),
                 ..base
             }),
         }
         for auth in emitted {
             let name = format!("{}/{}", auth.namespace, auth.name);
             for pod in &pods {
-                out.selected.entry(pod.clone()).or_default().insert(name.clone());
+                out.selected
+                    .entry(pod.clone())
+                    .or_default()
+                    .insert(name.clone());
             }
             out.resources
                 .push(resource(mesh_proto::AUTHORIZATION_TYPE_URL, name, &auth));
@@ -146,7 +155,9 @@ fn placement(
                     .collect();
                 Placement::L4(Scope::WorkloadSelector, pods)
             }
-            None if *policy.namespace == *config.root_namespace => Placement::L4(Scope::Global, Vec::new()),
+            None if *policy.namespace == *config.root_namespace => {
+                Placement::L4(Scope::Global, Vec::new())
+            }
             None => Placement::L4(Scope::Namespace, Vec::new()),
         };
     }
@@ -165,8 +176,13 @@ fn placement(
                     pods.extend(
                         state
                             .pods_in(&svc.namespace)
-                            .filter(|pod| !svc.selector.is_empty() && selector_matches(&svc.selector, &pod.labels))
-                            .map(|pod| NamespacedName::new(pod.namespace.clone(), pod.name.clone())),
+                            .filter(|pod| {
+                                !svc.selector.is_empty()
+                                    && selector_matches(&svc.selector, &pod.labels)
+                            })
+                            .map(|pod| {
+                                NamespacedName::new(pod.namespace.clone(), pod.name.clone())
+                            }),
                     );
                 }
                 None => warn(format!("targets Service {name}, which does not exist")),
@@ -224,11 +240,19 @@ fn convert_rule(rule: &PolicyRule) -> (Group, bool) {
     let mut needs_l7 = false;
     let mut rules = Vec::new();
     if !rule.from.is_empty() {
-        let matches = rule.from.iter().map(|s| source_match(s, &mut needs_l7)).collect();
+        let matches = rule
+            .from
+            .iter()
+            .map(|s| source_match(s, &mut needs_l7))
+            .collect();
         rules.push(Rules { matches });
     }
     if !rule.to.is_empty() {
-        let matches = rule.to.iter().map(|o| operation_match(o, &mut needs_l7)).collect();
+        let matches = rule
+            .to
+            .iter()
+            .map(|o| operation_match(o, &mut needs_l7))
+            .collect();
         rules.push(Rules { matches });
     }
     for condition in &rule.when {
@@ -284,8 +308,19 @@ fn condition_match(condition: &PolicyCondition) -> Option<Match> {
             .map(|v| string(&StringMatch::parse(v).unwrap_or(StringMatch::Exact(v.clone()))))
             .collect()
     };
-    let nets = |values: &[String]| values.iter().filter_map(|v| parse_net(v)).map(|n| address(&n)).collect();
-    let ports = |values: &[String]| values.iter().filter_map(|v| v.parse::<u32>().ok()).collect();
+    let nets = |values: &[String]| {
+        values
+            .iter()
+            .filter_map(|v| parse_net(v))
+            .map(|n| address(&n))
+            .collect()
+    };
+    let ports = |values: &[String]| {
+        values
+            .iter()
+            .filter_map(|v| v.parse::<u32>().ok())
+            .collect()
+    };
     let (yes, no) = (&condition.values, &condition.not_values);
     let m = match condition.key.as_str() {
         "source.ip" | "remote.ip" => Match {

@@ -92,7 +92,10 @@ pub fn translate(state: &DesiredState, config: &TranslateConfig, generation: u64
     let addresses = workload::translate(state, config, &policies.selected, &mut warnings);
     let types = BTreeMap::from([
         (mesh_proto::ADDRESS_TYPE_URL.to_string(), addresses),
-        (mesh_proto::AUTHORIZATION_TYPE_URL.to_string(), policies.resources),
+        (
+            mesh_proto::AUTHORIZATION_TYPE_URL.to_string(),
+            policies.resources,
+        ),
     ]);
     Translation {
         snapshot: ResourceSnapshot::new(generation, types),

@@ -1,6 +1,6 @@
 //! Pods and services -> `istio.workload.Address`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use mesh_proto::istio::workload::{
@@ -70,7 +70,10 @@ fn workload(
     } else {
         TunnelProtocol::None
     };
-    let healthy = pod.phase.as_deref().is_none_or(|phase| phase == RUNNING_PHASE);
+    let healthy = pod
+        .phase
+        .as_deref()
+        .is_none_or(|phase| phase == RUNNING_PHASE);
     let status = if healthy {
         WorkloadStatus::Healthy
     } else {
@@ -83,9 +86,16 @@ fn workload(
     let canonical_name = first_label(pod, &CANONICAL_NAME_LABELS).unwrap_or(&workload_name);
     let canonical_revision = first_label(pod, &CANONICAL_REVISION_LABELS).unwrap_or("latest");
     let object = || format!("Pod {}/{}", pod.namespace, pod.name);
-    let waypoint = state
-        .use_waypoint_for_pod(pod)
-        .and_then(|name| waypoint_address(state, config, &name, WaypointFor::Workload, &object, warnings));
+    let waypoint = state.use_waypoint_for_pod(pod).and_then(|name| {
+        waypoint_address(
+            state,
+            config,
+            &name,
+            WaypointFor::Workload,
+            &object,
+            warnings,
+        )
+    });
     Workload {
         uid: config.workload_uid(&pod.namespace, &pod.name),
         name: pod.name.to_string(),
@@ -111,7 +121,11 @@ fn workload(
 /// The services a pod backs, with the pod's own target port for each service port. A named
 /// target port the pod does not declare is left out, as Kubernetes leaves it out of the
 /// endpoints.
-fn services_of(state: &DesiredState, config: &TranslateConfig, pod: &Pod) -> HashMap<String, PortList> {
+fn services_of(
+    state: &DesiredState,
+    config: &TranslateConfig,
+    pod: &Pod,
+) -> BTreeMap<String, PortList> {
     state
         .services_of_pod(pod)
         .into_iter()
@@ -130,7 +144,11 @@ fn services_of(state: &DesiredState, config: &TranslateConfig, pod: &Pod) -> Has
                     })
                 })
                 .collect();
-            let key = format!("{}/{}", svc.namespace, config.hostname(&svc.namespace, &svc.name));
+            let key = format!(
+                "{}/{}",
+                svc.namespace,
+                config.hostname(&svc.namespace, &svc.name)
+            );
             (key, PortList { ports })
         })
         .collect()
@@ -151,9 +169,16 @@ fn service(
     warnings: &mut Vec<Warning>,
 ) -> Service {
     let object = || format!("Service {}/{}", svc.namespace, svc.name);
-    let waypoint = state
-        .use_waypoint_for_service(svc)
-        .and_then(|name| waypoint_address(state, config, &name, WaypointFor::Service, &object, warnings));
+    let waypoint = state.use_waypoint_for_service(svc).and_then(|name| {
+        waypoint_address(
+            state,
+            config,
+            &name,
+            WaypointFor::Service,
+            &object,
+            warnings,
+        )
+    });
     Service {
         name: svc.name.to_string(),
         namespace: svc.namespace.to_string(),
@@ -231,4 +256,3 @@ pub(super) fn ip_bytes(ip: IpAddr) -> Vec<u8> {
         IpAddr::V6(v6) => v6.octets().to_vec(),
     }
 }
-

@@ -14,7 +14,7 @@ use mesh_proto::envoy::service::discovery::v3::{
 };
 use serde::Serialize;
 
-use super::resources::{ResourceSnapshot, TypedResources};
+use super::resources::{ResourceSnapshot, TypeChanges, TypedResources, VersionedResource};
 
 /// The wildcard resource name of the delta protocol.
 const WILDCARD: &str = "*";
@@ -30,6 +30,8 @@ struct Subscription {
     names: BTreeSet<Arc<str>>,
     /// name -> version the proxy has (as far as we know: sent, or declared on reconnect).
     known: HashMap<Arc<str>, Arc<str>>,
+    /// The generation of the snapshot `known` was last brought up to date with.
+    synced: Option<u64>,
 }
 
 impl Subscription {
@@ -118,7 +120,7 @@ impl AdsConnection {
             }
         }
         let responses = if changed {
-            self.respond(&type_url, snapshot, first)
+            self.respond(&type_url, snapshot, Trigger::Subscription { first })
         } else {
             Vec::new()
         };
@@ -131,7 +133,7 @@ impl AdsConnection {
         let types: Vec<String> = self.subscriptions.keys().cloned().collect();
         types
             .iter()
-            .flat_map(|t| self.respond(t, snapshot, false))
+            .flat_map(|t| self.respond(t, snapshot, Trigger::Snapshot))
             .collect()
     }
 
@@ -166,21 +168,31 @@ impl AdsConnection {
         }
     }
 
-    /// Diffs what the proxy has against the snapshot for one type. `always` forces a response
-    /// even when nothing differs: the first answer to a subscription tells the proxy it is in
-    /// sync.
+    /// Brings what the proxy has of one type up to date with the snapshot. The first answer
+    /// to a subscription is sent even when nothing differs: it tells the proxy it is in sync.
     fn respond(
         &mut self,
         type_url: &str,
         snapshot: &ResourceSnapshot,
-        always: bool,
+        trigger: Trigger,
     ) -> Vec<DeltaDiscoveryResponse> {
         let empty = TypedResources::new();
         let current = snapshot.of_type(type_url).unwrap_or(&empty);
         let Some(subscription) = self.subscriptions.get_mut(type_url) else {
             return Vec::new();
         };
-        let (updated, removed) = diff(subscription, current);
+        let catch_up = match trigger {
+            // New names or a new wildcard: everything must be looked at.
+            Trigger::Subscription { .. } => CatchUp::Full,
+            Trigger::Snapshot => CatchUp::choose(subscription.synced, snapshot, type_url),
+        };
+        let (updated, removed) = match catch_up {
+            CatchUp::Current => (Vec::new(), Vec::new()),
+            CatchUp::Changes(changes) => apply_changes(subscription, current, changes),
+            CatchUp::Full => diff(subscription, current),
+        };
+        subscription.synced = Some(snapshot.generation);
+        let always = matches!(trigger, Trigger::Subscription { first: true });
         if updated.is_empty() && removed.is_empty() && !always {
             return Vec::new();
         }
@@ -213,30 +225,107 @@ impl AdsConnection {
             type_url: type_url.to_string(),
             removed_resources,
             nonce,
-            ..Default::default()
         }
     }
+}
+
+/// Why a type is brought up to date.
+#[derive(Clone, Copy)]
+enum Trigger {
+    /// The proxy changed its subscription (`first`: it subscribed to the type just now).
+    Subscription { first: bool },
+    /// A new snapshot was published.
+    Snapshot,
+}
+
+/// How much of a snapshot a subscription must look at.
+enum CatchUp<'a> {
+    /// Nothing: it was brought up to date with this very snapshot already.
+    Current,
+    /// Only what changed: it was up to date with the snapshot just before (the type may have
+    /// no changes at all).
+    Changes(Option<&'a TypeChanges>),
+    /// Every resource of the type.
+    Full,
+}
+
+impl<'a> CatchUp<'a> {
+    fn choose(synced: Option<u64>, snapshot: &'a ResourceSnapshot, type_url: &str) -> Self {
+        // Only a snapshot that records its changes comes from the publisher, whose
+        // generations name one content each; test snapshots may reuse a generation.
+        let Some(changes) = &snapshot.changes else {
+            return CatchUp::Full;
+        };
+        match synced {
+            Some(generation) if generation == snapshot.generation => CatchUp::Current,
+            Some(generation) if generation == changes.since => {
+                CatchUp::Changes(changes.types.get(type_url))
+            }
+            _ => CatchUp::Full,
+        }
+    }
+}
+
+fn wire_resource(name: &str, resource: &VersionedResource) -> Resource {
+    Resource {
+        name: name.to_string(),
+        version: resource.version.to_string(),
+        resource: Some(resource.body.clone()),
+        ..Default::default()
+    }
+}
+
+/// What [`diff`] would find, when `subscription` matched the snapshot these changes lead
+/// from and its names did not change since: only the changed names are looked at.
+fn apply_changes(
+    subscription: &mut Subscription,
+    current: &TypedResources,
+    changes: Option<&TypeChanges>,
+) -> (Vec<Resource>, Vec<String>) {
+    let Some(changes) = changes else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut updated = Vec::new();
+    for name in &changes.updated {
+        let Some(resource) = current.get(name) else {
+            continue;
+        };
+        if subscription.wants(name) && subscription.known.get(name) != Some(&resource.version) {
+            subscription
+                .known
+                .insert(name.clone(), resource.version.clone());
+            updated.push(wire_resource(name, resource));
+        }
+    }
+    let removed = changes
+        .removed
+        .iter()
+        .filter(|name| subscription.known.remove(*name).is_some())
+        .map(|name| name.to_string())
+        .collect();
+    (updated, removed)
 }
 
 /// Resources to send and names to remove so that the proxy matches `current`, recording the
 /// result as what the proxy now has.
 fn diff(subscription: &mut Subscription, current: &TypedResources) -> (Vec<Resource>, Vec<String>) {
     let mut updated = Vec::new();
+    let mut wanted = 0;
     for (name, resource) in current {
         if !subscription.wants(name) {
             continue;
         }
+        wanted += 1;
         if subscription.known.get(name) != Some(&resource.version) {
             subscription
                 .known
                 .insert(name.clone(), resource.version.clone());
-            updated.push(Resource {
-                name: name.to_string(),
-                version: resource.version.to_string(),
-                resource: Some(resource.body.clone()),
-                ..Default::default()
-            });
+            updated.push(wire_resource(name, resource));
         }
+    }
+    // Every wanted resource is known now; anything more is gone.
+    if subscription.known.len() == wanted {
+        return (updated, Vec::new());
     }
     let gone: Vec<Arc<str>> = subscription
         .known

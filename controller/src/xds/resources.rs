@@ -1,6 +1,7 @@
 //! The resources the controller serves, as one immutable snapshot per translation.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use prost::Message;
@@ -35,20 +36,45 @@ impl VersionedResource {
 /// The version of a body: the first 8 bytes of its SHA-256, in hex.
 fn content_version(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Resources of one type, by name.
 pub type TypedResources = BTreeMap<Arc<str>, Arc<VersionedResource>>;
 
-/// Everything the controller serves at one moment. Connections diff two snapshots by
-/// comparing versions; unchanged resources are shared between snapshots.
+/// Everything the controller serves at one moment. A connection compares the versions it
+/// sent with the snapshot's; when the snapshot knows what changed since the one before, a
+/// connection that was up to date with that one looks only at the changes.
 #[derive(Debug, Default)]
 pub struct ResourceSnapshot {
     /// Increases with every published snapshot; reported as `system_version_info`.
     pub generation: u64,
     /// Resources by type URL.
     pub types: BTreeMap<String, TypedResources>,
+    /// What changed since the previous published snapshot, when known.
+    pub changes: Option<SnapshotChanges>,
+}
+
+/// What changed between two snapshots. Computed once when a snapshot is published, so that a
+/// one-pod change costs each connection work in proportion to the change, not to the mesh.
+#[derive(Debug, Default, PartialEq)]
+pub struct SnapshotChanges {
+    /// The generation of the snapshot these changes lead from.
+    pub since: u64,
+    /// Per type URL; a type without changes is absent.
+    pub types: BTreeMap<String, TypeChanges>,
+}
+
+/// The changes of one type, each list sorted by name.
+#[derive(Debug, Default, PartialEq)]
+pub struct TypeChanges {
+    /// Resources that are new or have a new version.
+    pub updated: Vec<Arc<str>>,
+    /// Resources that are gone.
+    pub removed: Vec<Arc<str>>,
 }
 
 impl ResourceSnapshot {
@@ -69,7 +95,72 @@ impl ResourceSnapshot {
                 (type_url, map)
             })
             .collect();
-        Self { generation, types }
+        Self {
+            generation,
+            types,
+            changes: None,
+        }
+    }
+
+    /// Records what changed since `previous`, which must be the snapshot published just
+    /// before this one.
+    pub fn with_changes_since(mut self, previous: &ResourceSnapshot) -> Self {
+        let empty = TypedResources::new();
+        let type_urls: BTreeSet<&String> = self.types.keys().chain(previous.types.keys()).collect();
+        let types = type_urls
+            .into_iter()
+            .filter_map(|type_url| {
+                let old = previous.types.get(type_url).unwrap_or(&empty);
+                let new = self.types.get(type_url).unwrap_or(&empty);
+                let changes = type_changes(old, new);
+                let changed = !changes.updated.is_empty() || !changes.removed.is_empty();
+                changed.then(|| (type_url.clone(), changes))
+            })
+            .collect();
+        self.changes = Some(SnapshotChanges {
+            since: previous.generation,
+            types,
+        });
+        self
+    }
+}
+
+/// Walks two name-sorted maps side by side: O(old + new), each name compared once.
+fn type_changes(old: &TypedResources, new: &TypedResources) -> TypeChanges {
+    let mut changes = TypeChanges::default();
+    let mut old = old.iter().peekable();
+    let mut new = new.iter().peekable();
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => return changes,
+            (Some((name, _)), None) => {
+                changes.removed.push((*name).clone());
+                old.next();
+            }
+            (None, Some((name, _))) => {
+                changes.updated.push((*name).clone());
+                new.next();
+            }
+            (Some((old_name, old_resource)), Some((new_name, new_resource))) => {
+                match old_name.cmp(new_name) {
+                    Ordering::Less => {
+                        changes.removed.push((*old_name).clone());
+                        old.next();
+                    }
+                    Ordering::Greater => {
+                        changes.updated.push((*new_name).clone());
+                        new.next();
+                    }
+                    Ordering::Equal => {
+                        if old_resource.version != new_resource.version {
+                            changes.updated.push((*new_name).clone());
+                        }
+                        old.next();
+                        new.next();
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -79,11 +170,85 @@ mod tests {
 
     #[test]
     fn equal_bodies_have_equal_versions_and_different_bodies_differ() {
-        let a = VersionedResource::encode("t", "a", &prost_types::Duration { seconds: 1, nanos: 0 });
-        let b = VersionedResource::encode("t", "b", &prost_types::Duration { seconds: 1, nanos: 0 });
-        let c = VersionedResource::encode("t", "c", &prost_types::Duration { seconds: 2, nanos: 0 });
+        let a = VersionedResource::encode(
+            "t",
+            "a",
+            &prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            },
+        );
+        let b = VersionedResource::encode(
+            "t",
+            "b",
+            &prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            },
+        );
+        let c = VersionedResource::encode(
+            "t",
+            "c",
+            &prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            },
+        );
         assert_eq!(a.version, b.version);
         assert_ne!(a.version, c.version);
         assert_eq!(a.version.len(), 16);
+    }
+
+    fn snapshot(generation: u64, types: &[(&str, &[(&str, i64)])]) -> ResourceSnapshot {
+        let types = types
+            .iter()
+            .map(|(type_url, things)| {
+                let list = things
+                    .iter()
+                    .map(|(name, seconds)| {
+                        let body = prost_types::Duration {
+                            seconds: *seconds,
+                            nanos: 0,
+                        };
+                        VersionedResource::encode(type_url, *name, &body)
+                    })
+                    .collect();
+                (type_url.to_string(), list)
+            })
+            .collect();
+        ResourceSnapshot::new(generation, types)
+    }
+
+    fn names(list: &[Arc<str>]) -> Vec<&str> {
+        list.iter().map(|n| &**n).collect()
+    }
+
+    #[test]
+    fn changes_name_what_was_added_updated_and_removed_per_type() {
+        let old = snapshot(
+            4,
+            &[
+                ("t", &[("a", 1), ("b", 1), ("c", 1), ("e", 1)]),
+                ("gone", &[("x", 1)]),
+                ("same", &[("s", 1)]),
+            ],
+        );
+        let new = snapshot(
+            5,
+            &[
+                ("t", &[("b", 2), ("c", 1), ("d", 1), ("f", 1)]),
+                ("fresh", &[("y", 1)]),
+                ("same", &[("s", 1)]),
+            ],
+        )
+        .with_changes_since(&old);
+        let changes = new.changes.as_ref().unwrap();
+        assert_eq!(changes.since, 4);
+        let types: Vec<&str> = changes.types.keys().map(String::as_str).collect();
+        assert_eq!(types, ["fresh", "gone", "t"], "unchanged types are left out");
+        assert_eq!(names(&changes.types["t"].updated), ["b", "d", "f"]);
+        assert_eq!(names(&changes.types["t"].removed), ["a", "e"]);
+        assert_eq!(names(&changes.types["gone"].removed), ["x"]);
+        assert_eq!(names(&changes.types["fresh"].updated), ["y"]);
     }
 }

@@ -51,10 +51,26 @@ impl AdsMetrics {
     /// Creates the counters and registers them.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register("mesh_xds_connected_proxies", "Proxies with an open ADS stream", m.connected.clone());
-        registry.register("mesh_xds_pushes", "ADS responses sent, by type", m.pushes.clone());
-        registry.register("mesh_xds_nacks", "ADS responses rejected by a proxy, by type", m.nacks.clone());
-        registry.register("mesh_xds_refused_streams", "ADS streams refused, by reason", m.refused.clone());
+        registry.register(
+            "mesh_xds_connected_proxies",
+            "Proxies with an open ADS stream",
+            m.connected.clone(),
+        );
+        registry.register(
+            "mesh_xds_pushes",
+            "ADS responses sent, by type",
+            m.pushes.clone(),
+        );
+        registry.register(
+            "mesh_xds_nacks",
+            "ADS responses rejected by a proxy, by type",
+            m.nacks.clone(),
+        );
+        registry.register(
+            "mesh_xds_refused_streams",
+            "ADS streams refused, by reason",
+            m.refused.clone(),
+        );
         m
     }
 }
@@ -100,7 +116,12 @@ impl AggregatedDiscoveryService for AdsService {
         let caller = match self.tokens.borrow().authenticate(request.metadata()) {
             Ok(caller) => caller,
             Err(e) => {
-                self.metrics.refused.get_or_create(&ReasonLabel { reason: "unauthenticated" }).inc();
+                self.metrics
+                    .refused
+                    .get_or_create(&ReasonLabel {
+                        reason: "unauthenticated",
+                    })
+                    .inc();
                 warn!(error = %e, peer = ?request.remote_addr(), "ADS stream refused");
                 return Err(e.into());
             }
@@ -148,7 +169,10 @@ impl StreamTask {
                         if let Some(node) = &request.node {
                             proxy_id.clone_from(&node.id);
                         }
-                        let snapshot = self.snapshots.borrow_and_update().clone();
+                        // Not marked as seen: this request may bring only one type up to
+                        // date (or none, for an ACK); the `changed` branch still sees the
+                        // snapshot and brings every other type up to date.
+                        let snapshot = self.snapshots.borrow().clone();
                         let (ack, responses) = conn.on_request(request, &snapshot);
                         self.record(ack);
                         if !self.send(responses).await {
@@ -177,9 +201,17 @@ impl StreamTask {
     }
 
     fn record(&self, ack: Option<Acknowledgement>) {
-        if let Some(Acknowledgement::Nack { type_url, version, message }) = ack {
+        if let Some(Acknowledgement::Nack {
+            type_url,
+            version,
+            message,
+        }) = ack
+        {
             warn!(type_url, version, message, "proxy rejected configuration");
-            self.metrics.nacks.get_or_create(&TypeLabel { type_url }).inc();
+            self.metrics
+                .nacks
+                .get_or_create(&TypeLabel { type_url })
+                .inc();
         }
     }
 
@@ -187,7 +219,9 @@ impl StreamTask {
         for response in responses {
             self.metrics
                 .pushes
-                .get_or_create(&TypeLabel { type_url: response.type_url.clone() })
+                .get_or_create(&TypeLabel {
+                    type_url: response.type_url.clone(),
+                })
                 .inc();
             if self.responses.send(Ok(response)).await.is_err() {
                 return false;

@@ -13,7 +13,14 @@ fn snapshot(generation: u64, things: &[(&str, i64)]) -> ResourceSnapshot {
     let list = things
         .iter()
         .map(|(name, v)| {
-            VersionedResource::encode(T, *name, &prost_types::Duration { seconds: *v, nanos: 0 })
+            VersionedResource::encode(
+                T,
+                *name,
+                &prost_types::Duration {
+                    seconds: *v,
+                    nanos: 0,
+                },
+            )
         })
         .collect();
     ResourceSnapshot::new(generation, BTreeMap::from([(T.to_string(), list)]))
@@ -58,7 +65,11 @@ fn wildcard_subscription_gets_everything_then_only_changes() {
     assert!(removed[0].resources.is_empty());
     assert_eq!(removed[0].removed_resources, ["a"]);
 
-    assert!(conn.on_snapshot(&snapshot(4, &[("b", 2), ("c", 1)])).is_empty(), "nothing changed");
+    assert!(
+        conn.on_snapshot(&snapshot(4, &[("b", 2), ("c", 1)]))
+            .is_empty(),
+        "nothing changed"
+    );
 }
 
 #[test]
@@ -86,7 +97,10 @@ fn named_subscriptions_get_only_their_names() {
         ..Default::default()
     };
     conn.on_request(unsub, &snap);
-    assert!(conn.on_snapshot(&snapshot(3, &[("b", 1), ("c", 5)])).is_empty());
+    assert!(
+        conn.on_snapshot(&snapshot(3, &[("b", 1), ("c", 5)]))
+            .is_empty()
+    );
 }
 
 #[test]
@@ -116,7 +130,13 @@ fn acks_and_nacks_are_tracked_per_type() {
     let (_, first) = conn.on_request(subscribe(T, &[]), &snapshot(1, &[("a", 1)]));
     let (got, none) = conn.on_request(ack(T, &first[0].nonce), &snapshot(1, &[("a", 1)]));
     assert!(none.is_empty(), "an ACK alone asks for nothing");
-    assert_eq!(got, Some(Acknowledgement::Ack { type_url: T.into(), version: 1 }));
+    assert_eq!(
+        got,
+        Some(Acknowledgement::Ack {
+            type_url: T.into(),
+            version: 1
+        })
+    );
     assert_eq!(conn.status()[T].acked_version, Some(1));
 
     let pushed = conn.on_snapshot(&snapshot(2, &[("a", 2)]));
@@ -129,9 +149,16 @@ fn acks_and_nacks_are_tracked_per_type() {
         ..ack(T, &pushed[0].nonce)
     };
     let (got, _) = conn.on_request(nack, &snapshot(2, &[("a", 2)]));
-    assert!(matches!(got, Some(Acknowledgement::Nack { version: 2, .. })));
+    assert!(matches!(
+        got,
+        Some(Acknowledgement::Nack { version: 2, .. })
+    ));
     let status = &conn.status()[T];
-    assert_eq!(status.acked_version, Some(1), "a NACK does not move the acked version");
+    assert_eq!(
+        status.acked_version,
+        Some(1),
+        "a NACK does not move the acked version"
+    );
     assert_eq!(status.last_nack.as_deref(), Some("workload a: bad address"));
     assert_eq!(status.nacks, 1);
     assert_eq!(status.pending, 0);
@@ -165,13 +192,24 @@ fn large_first_syncs_are_split_under_the_message_limit() {
     let snap = ResourceSnapshot::new(1, BTreeMap::from([(T.to_string(), list)]));
     let mut conn = AdsConnection::default();
     let (_, responses) = conn.on_request(subscribe(T, &[]), &snap);
-    assert!(responses.len() >= 3, "600 x 4 KiB must take several responses");
+    assert!(
+        responses.len() >= 3,
+        "600 x 4 KiB must take several responses"
+    );
     let total: usize = responses.iter().map(|r| r.resources.len()).sum();
     assert_eq!(total, 600);
     for r in &responses {
-        let bytes: usize = r.resources.iter().map(|x| x.resource.as_ref().unwrap().value.len()).sum();
+        let bytes: usize = r
+            .resources
+            .iter()
+            .map(|x| x.resource.as_ref().unwrap().value.len())
+            .sum();
         assert!(bytes <= MAX_RESPONSE_BYTES + 8192);
     }
     let nonces: std::collections::HashSet<_> = responses.iter().map(|r| &r.nonce).collect();
-    assert_eq!(nonces.len(), responses.len(), "every response has its own nonce");
+    assert_eq!(
+        nonces.len(),
+        responses.len(),
+        "every response has its own nonce"
+    );
 }

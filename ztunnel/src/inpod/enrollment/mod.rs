@@ -22,11 +22,14 @@
 //!
 //! Meaning:
 //!
-//! - `add`: capture the pod (redirection rules in its namespace, listeners inside it). Adding
-//!   a pod that is already enrolled replaces its enrollment (the namespace may have changed);
-//!   the reply comes once the pod is captured, or with the reason it could not be.
-//! - `remove`: undo `add`: rules and listeners go away and the pod's open connections are
-//!   closed. Removing a pod that is not enrolled succeeds.
+//! - `add`: the pod runs on this node in this namespace. ztunnel captures it (redirection
+//!   rules in its namespace, listeners inside it) for as long as the controller says the pod
+//!   is in the mesh (tunnel protocol HBONE, placed on this node), and releases it when that
+//!   stops being true; no restart of the pod either way. Adding a pod again replaces the
+//!   earlier announcement (the namespace may have changed); the reply comes once the pod is
+//!   captured when it should be, or with the reason it could not be.
+//! - `remove`: the pod is gone: rules and listeners go away and the pod's open connections
+//!   are closed. Removing a pod that is not known succeeds.
 //! - `snapshot`: the complete list of pods on the node that should be enrolled, sent by the
 //!   agent on every (re)connect. ztunnel removes every pod not in it and adds the missing
 //!   ones. A pod whose namespace cannot be opened is treated as gone (it is not kept), and the
