@@ -82,6 +82,14 @@ pub enum Command {
     },
     /// Every proxy connected to the controller, and what it acknowledged.
     ProxyStatus,
+    /// The lab: the whole mesh on this machine (`meshctl lab --help`). Runs the `mesh-lab`
+    /// program installed beside meshctl, as git and kubectl run their plugins.
+    #[command(disable_help_flag = true)]
+    Lab {
+        /// The lab command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Runs a command; the error is what meshctl prints before exiting with status 1.
@@ -121,5 +129,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             get::get(&context, &kind, namespace.as_deref(), output.as_deref())
         }
         Command::ProxyStatus => get::proxy_status(&context),
+        Command::Lab { args } => lab(&args),
     }
+}
+
+/// Runs `mesh-lab` from meshctl's own directory (or `PATH`) and exits with its status.
+fn lab(args: &[String]) -> anyhow::Result<()> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("mesh-lab")))
+        .filter(|path| path.exists());
+    let program = beside.unwrap_or_else(|| PathBuf::from("mesh-lab"));
+    let status = std::process::Command::new(&program)
+        .args(args)
+        .status()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot run {}: {e}\n  build it with `cargo build -p mesh-lab` (it is installed beside meshctl)",
+                program.display()
+            )
+        })?;
+    std::process::exit(status.code().unwrap_or(1));
 }
