@@ -1,0 +1,199 @@
+//! The lab's command line, shared by the `mesh-lab` binary and (later) `meshctl lab`.
+
+use std::io::Write;
+use std::path::Path;
+
+use clap::{Args, Subcommand};
+
+use crate::components;
+use crate::inspect::{self, LogSource};
+use crate::lifecycle::{self, Component, UpOptions};
+use crate::name::{DEFAULT_LAB_NAME, LabName};
+use crate::paths::LabPaths;
+use crate::teardown::SUPERVISE_ARG;
+
+/// The environment variable naming the lab when `--name` is not given.
+pub const LAB_NAME_ENV: &str = "MESH_LAB";
+
+/// The lab's commands and the lab they act on.
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// The lab's name: the prefix of its namespaces, the name of its state directory.
+    #[arg(long, global = true, env = LAB_NAME_ENV, default_value = DEFAULT_LAB_NAME)]
+    pub name: LabName,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+/// What the lab can do.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Create the lab: network, controller, a ztunnel per node, the supervisor.
+    Up {
+        /// How many nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: u8,
+        /// Run no ztunnels (pods run, nothing is captured).
+        #[arg(long)]
+        no_ztunnel: bool,
+        /// Leave meshctl's context file alone (tests, or a second lab beside the one meshctl
+        /// uses).
+        #[arg(long)]
+        no_context: bool,
+    },
+    /// Stop every process and delete every namespace and file of the lab.
+    Down,
+    /// Nodes, pods and processes.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a pod's namespace, with its name resolution.
+    Exec {
+        /// The pod, NAMESPACE/NAME.
+        pod: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a log: NAMESPACE/POD, `controller`, `ztunnel --node NODE` or `supervisor`.
+    Logs {
+        /// NAMESPACE/POD, controller, ztunnel or supervisor.
+        source: String,
+        /// The node, for `ztunnel`.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Restart the controller or a node's ztunnel.
+    Restart {
+        /// `controller` or `ztunnel`.
+        component: String,
+        /// The node, for `ztunnel`.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Run the supervisor in the foreground (`up` starts it in the background).
+    #[command(hide = true)]
+    Supervise,
+}
+
+/// Why the command line is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// `ztunnel` without `--node`.
+    #[error("name the node: `{what} ztunnel --node node-1`")]
+    NodeMissing {
+        /// The command.
+        what: &'static str,
+    },
+    /// An unknown component.
+    #[error("unknown component {given:?}; use {expected}")]
+    UnknownComponent {
+        /// What was given.
+        given: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+}
+
+/// Runs a lab command. `program_args` is how to run this program again up to the lab's
+/// subcommands (e.g. `["/usr/bin/meshctl", "lab"]`): `up` starts the supervisor with it.
+/// Returns the process exit code.
+pub async fn run(args: LabArgs, program_args: Vec<String>) -> anyhow::Result<i32> {
+    let lab = args.name;
+    match args.command {
+        LabCommand::Up {
+            nodes,
+            no_ztunnel,
+            no_context,
+        } => {
+            let options = UpOptions {
+                name: lab,
+                nodes,
+                ztunnel: !no_ztunnel,
+                bin_dir: components::bin_dir(),
+                supervisor_argv: program_args,
+                write_context: !no_context,
+            };
+            up(options).await?;
+        }
+        LabCommand::Down => {
+            let report = lifecycle::down(&lab).await?;
+            print!("{report}");
+        }
+        LabCommand::Status { json } => {
+            let status = inspect::status(&lab)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+        }
+        LabCommand::Exec { pod, command } => {
+            return Ok(inspect::exec(&lab, &pod, &command)?);
+        }
+        LabCommand::Logs { source, node } => {
+            let source = match source.as_str() {
+                "controller" => LogSource::Controller,
+                "supervisor" => LogSource::Supervisor,
+                "ztunnel" => {
+                    LogSource::Ztunnel(node.ok_or(CliError::NodeMissing { what: "logs" })?)
+                }
+                pod => LogSource::Pod(pod.to_string()),
+            };
+            print_file(&inspect::log_path(&lab, &source)?)?;
+        }
+        LabCommand::Restart { component, node } => {
+            let component = parse_component(&component, node)?;
+            lifecycle::restart(&lab, &component).await?;
+            println!("restarted {component}");
+        }
+        LabCommand::Supervise => crate::supervisor::run(&lab).await?,
+    }
+    Ok(0)
+}
+
+async fn up(mut options: UpOptions) -> anyhow::Result<()> {
+    let lab = options.name.clone();
+    options
+        .supervisor_argv
+        .extend([SUPERVISE_ARG.to_string(), "--name".into(), lab.to_string()]);
+    let record = lifecycle::up(&options).await?;
+    println!(
+        "lab {lab} is up: {} node(s), controller {} in {}{}",
+        record.nodes.len(),
+        record.controller_ip,
+        record.controller_netns,
+        if record.ztunnel { "" } else { ", no ztunnels" }
+    );
+    println!("manifests: {}", LabPaths::new(&lab).manifests().display());
+    if options.write_context {
+        println!(
+            "meshctl now talks to this lab ({})",
+            crate::context::CONTEXT_FILE
+        );
+    }
+    Ok(())
+}
+
+fn parse_component(component: &str, node: Option<String>) -> Result<Component, CliError> {
+    match component {
+        "controller" => Ok(Component::Controller),
+        "ztunnel" => Ok(Component::Ztunnel(
+            node.ok_or(CliError::NodeMissing { what: "restart" })?,
+        )),
+        other => Err(CliError::UnknownComponent {
+            given: other.to_string(),
+            expected: "controller or ztunnel --node NODE",
+        }),
+    }
+}
+
+fn print_file(path: &Path) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    std::io::stdout().write_all(&bytes)?;
+    Ok(())
+}
