@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Capture, Lab, contains, demo_app, marker, text};
+use common::{Lab, contains, demo_app, finish, marker, tcp_segments_with_port, text};
 
 #[test]
 fn labelling_a_namespace_moves_its_traffic_into_mtls_and_back() {
@@ -15,17 +15,17 @@ fn labelling_a_namespace_moves_its_traffic_into_mtls_and_back() {
 
     // Before: plaintext through the service VIP, and the marker crosses the node link as is.
     let plain = marker("plain");
-    let capture = Capture::start(&lab, 1);
+    let capture = lab.capture(1);
     lab.wait_until("the echo service to answer", Duration::from_secs(30), || {
         let out = lab.echo("demo/client", "server:9000", &plain);
         out.status.success().then_some(()).ok_or_else(|| text(&out))
     });
-    let bytes = capture.finish();
+    let bytes = finish(capture);
     assert!(
         contains(&bytes, &plain),
         "the capture must see plaintext before enrollment (else it proves nothing): {} bytes, {} segments to 9000",
         bytes.len(),
-        common::tcp_segments_with_port(&bytes, 9000)
+        tcp_segments_with_port(&bytes, 9000)
     );
 
     // Enroll: label the namespace; the pods keep running.
@@ -42,17 +42,17 @@ fn labelling_a_namespace_moves_its_traffic_into_mtls_and_back() {
             Err(format!("{}\n{log}", text(&out)))
         }
     });
-    let capture = Capture::start(&lab, 1);
+    let capture = lab.capture(1);
     let out = lab.echo("demo/client", "server:9000", &secret);
-    let bytes = capture.finish();
+    let bytes = finish(capture);
     assert!(out.status.success(), "echo over the mesh failed: {}", text(&out));
     assert!(!contains(&bytes, &secret), "the payload crossed the node link in plaintext after enrollment");
     assert!(
-        common::tcp_segments_with_port(&bytes, 15008) > 0,
+        tcp_segments_with_port(&bytes, 15008) > 0,
         "no HBONE (port 15008) traffic was captured on the node link"
     );
     assert_eq!(
-        common::tcp_segments_with_port(&bytes, 9000),
+        tcp_segments_with_port(&bytes, 9000),
         0,
         "traffic to the app port crossed the node link outside the tunnel"
     );
@@ -68,9 +68,7 @@ fn labelling_a_namespace_moves_its_traffic_into_mtls_and_back() {
     );
 
     // No pod was restarted by enrollment.
-    let status = text(&lab.lab(&["status", "--json"]));
-    let status: serde_json::Value = serde_json::from_str(&status).expect("status is JSON");
-    for pod in common::pod_list(&status) {
+    for pod in lab.pods() {
         assert_eq!(pod["restarts"], 0, "pod restarted: {pod}");
     }
 
@@ -80,9 +78,9 @@ fn labelling_a_namespace_moves_its_traffic_into_mtls_and_back() {
     lab.wait_for_protocol("demo", "TCP");
     let again = marker("again");
     lab.wait_until("plaintext again", Duration::from_secs(30), || {
-        let capture = Capture::start(&lab, 1);
+        let capture = lab.capture(1);
         let out = lab.echo("demo/client", "server:9000", &again);
-        let bytes = capture.finish();
+        let bytes = finish(capture);
         (out.status.success() && contains(&bytes, &again)).then_some(()).ok_or_else(|| text(&out))
     });
 }

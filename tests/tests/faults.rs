@@ -24,18 +24,6 @@ fn enrolled_lab(tag: &str) -> Lab {
     lab
 }
 
-fn component_pid(lab: &Lab, component: &str) -> u32 {
-    let out = lab.lab(&["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status is JSON");
-    status["processes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["component"] == component && p["alive"] == true)
-        .and_then(|p| p["pid"].as_u64())
-        .unwrap_or_else(|| panic!("no live {component} in {status}")) as u32
-}
-
 const DENY_CLIENT: &str = r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-client, namespace: demo}
@@ -49,7 +37,7 @@ spec:
 #[test]
 fn traffic_goes_on_while_the_controller_is_away_and_changes_apply_when_it_is_back() {
     let lab = enrolled_lab("fc");
-    let mut held = Command::new(bin_dir().join("mesh-lab"))
+    let held = Command::new(bin_dir().join("mesh-lab"))
         .env("MESH_LAB", &lab.name)
         .args(["exec", "demo/client", "--"])
         .arg(bin_dir().join("testapp"))
@@ -59,7 +47,7 @@ fn traffic_goes_on_while_the_controller_is_away_and_changes_apply_when_it_is_bac
         .spawn()
         .expect("start the long-lived client");
 
-    let controller = component_pid(&lab, "controller");
+    let controller = lab.pid_of("controller");
     let killed = Command::new("kill").args(["-9", &controller.to_string()]).status().expect("kill");
     assert!(killed.success());
 
@@ -87,11 +75,11 @@ fn traffic_goes_on_while_the_controller_is_away_and_changes_apply_when_it_is_bac
 #[test]
 fn a_restarted_ztunnel_serves_new_connections_within_seconds() {
     let lab = enrolled_lab("fz");
-    let before = component_pid(&lab, "ztunnel node-1");
+    let before = lab.pid_of("ztunnel node-1");
     let out = lab.lab(&["restart", "ztunnel", "--node", "node-1"]);
     assert!(out.status.success(), "{}", text(&out));
     let restarted = Instant::now();
-    assert_ne!(component_pid(&lab, "ztunnel node-1"), before, "the ztunnel process was replaced");
+    assert_ne!(lab.pid_of("ztunnel node-1"), before, "the ztunnel process was replaced");
     lab.wait_until("new connections after the restart", Duration::from_secs(15), || {
         let out = lab.echo("demo/client", "server:9000", "after-restart");
         out.status.success().then_some(()).ok_or_else(|| text(&out))

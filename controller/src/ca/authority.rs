@@ -391,11 +391,12 @@ pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// A random, positive serial number.
+/// A random, positive serial number whose first byte is never zero: DER drops leading zero
+/// bytes, and the serial we log must be the one in the certificate.
 pub(crate) fn random_serial() -> Result<SerialNumber, ring::error::Unspecified> {
     let mut bytes = [0u8; SERIAL_BYTES];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)?;
-    bytes[0] &= 0x7f;
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
     Ok(SerialNumber::from_slice(&bytes))
 }
 

@@ -25,7 +25,9 @@ pub fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     runtime.block_on(async {
         let exchange = async {
             match addr.strip_prefix("unix:") {
-                Some(socket) => request(tokio::net::UnixStream::connect(socket).await?, addr, path).await,
+                Some(socket) => {
+                    request(tokio::net::UnixStream::connect(socket).await?, addr, path).await
+                }
                 None => request(tokio::net::TcpStream::connect(addr).await?, addr, path).await,
             }
         };
@@ -43,7 +45,11 @@ where
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(connection);
-    let host = if addr.starts_with("unix:") { "localhost" } else { addr };
+    let host = if addr.starts_with("unix:") {
+        "localhost"
+    } else {
+        addr
+    };
     let request = http::Request::get(path)
         .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new())?;
@@ -57,7 +63,10 @@ where
 pub fn get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     let (status, body) = get(addr, path)?;
     if status != 200 {
-        anyhow::bail!("the controller answered {status} for {path}: {}", body.trim());
+        anyhow::bail!(
+            "the controller answered {status} for {path}: {}",
+            body.trim()
+        );
     }
     Ok(serde_json::from_str(&body)?)
 }

@@ -236,7 +236,7 @@ fn workloads(
                 "spiffe://{}/ns/{}/sa/{}",
                 config.trust_domain, p.namespace, p.service_account
             ),
-            protocol: if state.pod_enrolled(p) {
+            protocol: if state.pod_speaks_hbone(p) {
                 "HBONE"
             } else {
                 "TCP"

@@ -30,6 +30,8 @@ pub struct HttpRoute {
     pub name: Arc<str>,
     /// Labels of the route.
     pub labels: Labels,
+    /// Annotations of the route; the mesh reads its fault injection settings from them.
+    pub annotations: Labels,
     /// Host names the route answers for; empty means every host.
     pub hostnames: Vec<String>,
     /// What the route attaches to: waypoint Gateways, or Services (mesh routing).
@@ -176,6 +178,7 @@ pub(crate) fn http_route_from_manifest(
         namespace: id.namespace,
         name: id.name,
         labels,
+        annotations: raw.metadata.annotations.unwrap_or_default(),
         hostnames,
         parent_refs,
         rules,

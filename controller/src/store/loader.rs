@@ -1,9 +1,9 @@
 //! Turning the manifest directory into a [`DesiredState`], again and again: every load reads
 //! all files, and for every object that is refused this time, the version that was good last
-//! time stays in force. Virtual IPs, Deployment pods and pod status are tied on here, because
-//! each depends on more than one object.
+//! time stays in force. Virtual IPs, Deployment pods, the objects that run waypoints and pod
+//! status are tied on here, because each depends on more than one object.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,9 +14,11 @@ use super::manifest::{ParsedFile, object_rejection, parse_manifest_text};
 use super::object::{Kind, NamespacedName, Object, ObjectKey};
 use super::pod_status::read_pod_statuses;
 use super::rejection::{Problem, Rejection};
+use super::service::ServiceManifest;
 use super::snapshot::DesiredState;
 use super::vip::{DEFAULT_SERVICE_CIDR, VipTable, VipTableError};
-use super::workload::Pod;
+use super::waypoint::{waypoint_deployment, waypoint_service};
+use super::workload::{Deployment, Pod};
 
 /// File name endings the store reads; other files in the directory are ignored.
 pub const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -74,13 +76,24 @@ struct Accepted {
     origin: Origin,
 }
 
+/// A file as last read and what parsing it gave.
+#[derive(Debug)]
+struct ParsedText {
+    text: String,
+    parsed: ParsedFile,
+}
+
 /// Loads the desired state, keeping what it needs between loads: the last good version of
-/// every object and the virtual IP table.
+/// every object, the virtual IP table, and each file's last parse.
 #[derive(Debug)]
 pub struct Loader {
     config: StoreConfig,
     last_good: BTreeMap<ObjectKey, Accepted>,
     vips: VipTable,
+    /// By file label. Parsing is a pure function of label and text, so a file whose text did
+    /// not change is not parsed again: a one-file change in a large directory then costs one
+    /// parse, not one per file (parsing dominates a reload).
+    parsed: HashMap<Arc<str>, ParsedText>,
 }
 
 impl Loader {
@@ -91,6 +104,7 @@ impl Loader {
             config,
             last_good: BTreeMap::new(),
             vips,
+            parsed: HashMap::new(),
         })
     }
 
@@ -104,30 +118,50 @@ impl Loader {
     pub fn reload(&mut self) -> Result<DesiredState, LoadError> {
         let files = read_manifest_files(&self.config.manifest_dir)?;
         let mut round = Round::default();
+        let mut parsed_now = HashMap::with_capacity(files.len());
         for (label, text) in files {
-            let parsed = match text {
-                Ok(text) => parse_manifest_text(label.clone(), &text),
-                Err(e) => ParsedFile {
-                    documents: Vec::new(),
-                    file_rejections: vec![Rejection::of_file(
-                        label.clone(),
-                        0,
-                        Problem::Unreadable {
-                            reason: e.to_string(),
-                        },
-                    )],
+            let text = match text {
+                Ok(text) => text,
+                Err(e) => {
+                    let unreadable = ParsedFile {
+                        documents: Vec::new(),
+                        file_rejections: vec![Rejection::of_file(
+                            label.clone(),
+                            0,
+                            Problem::Unreadable {
+                                reason: e.to_string(),
+                            },
+                        )],
+                    };
+                    round.add_file(label, &unreadable);
+                    continue;
+                }
+            };
+            let entry = match self.parsed.remove(&label) {
+                Some(previous) if previous.text == text => previous,
+                _ => ParsedText {
+                    parsed: parse_manifest_text(label.clone(), &text),
+                    text,
                 },
             };
-            round.add_file(label, parsed);
+            round.add_file(label.clone(), &entry.parsed);
+            parsed_now.insert(label, entry);
         }
+        // Files that are gone (or unreadable now) are forgotten.
+        self.parsed = parsed_now;
         round.keep_last_good(&self.last_good);
-        let (vips, table) =
-            round.assign_vips(&self.vips, &self.last_good, self.config.service_cidr);
+        let mut waypoints = round.plan_waypoints();
+        let (vips, table) = round.assign_vips(
+            &self.vips,
+            &self.last_good,
+            self.config.service_cidr,
+            &mut waypoints,
+        );
         if table != self.vips {
             table.write(&self.config.state_dir)?;
             self.vips = table;
         }
-        let state = round.assemble(vips, &self.config.state_dir);
+        let state = round.assemble(vips, waypoints, &self.config.state_dir);
         self.last_good = round.candidates;
         Ok(state)
     }
@@ -183,6 +217,28 @@ fn read_manifest_files(dir: &Path) -> Result<Vec<FileText>, LoadError> {
         .collect())
 }
 
+/// The objects the mesh makes to run one waypoint Gateway; `None` where the user declared an
+/// object of the same name, which then stands in.
+struct PlannedWaypoint {
+    gateway: ObjectKey,
+    origin: Origin,
+    service: Option<ServiceManifest>,
+    deployment: Option<Deployment>,
+}
+
+impl PlannedWaypoint {
+    fn rejection(&self, field: &str, problem: Problem) -> Rejection {
+        let origin = &self.origin;
+        object_rejection(
+            &origin.file,
+            origin.document,
+            &self.gateway,
+            field.to_string(),
+            problem,
+        )
+    }
+}
+
 /// The work of one load.
 #[derive(Default)]
 struct Round {
@@ -195,17 +251,17 @@ struct Round {
 }
 
 impl Round {
-    fn add_file(&mut self, label: Arc<str>, parsed: ParsedFile) {
+    fn add_file(&mut self, label: Arc<str>, parsed: &ParsedFile) {
         if parsed.failed() {
             self.failed_files.insert(label.clone());
         }
-        self.rejected.extend(parsed.file_rejections);
-        for document in parsed.documents {
-            let object = match document.result {
-                Ok(object) => object,
+        self.rejected.extend(parsed.file_rejections.iter().cloned());
+        for document in &parsed.documents {
+            let object = match &document.result {
+                Ok(object) => object.clone(),
                 Err(rejections) => {
-                    self.rejected.extend(rejections);
-                    match document.key {
+                    self.rejected.extend(rejections.iter().cloned());
+                    match document.key.clone() {
                         Some(key) => self.refused_keys.insert(key),
                         // Which object this was is unknown: keep all of the file's old ones.
                         None => self.failed_files.insert(label.clone()),
@@ -242,29 +298,99 @@ impl Round {
         }
     }
 
-    /// Gives services their virtual IPs. A service refused for its address falls back to its
-    /// last good version (which held an address of its own), or is dropped when it has none.
+    /// The Service and Deployment of every waypoint Gateway (see [`super::waypoint`]). Where a
+    /// declared object has one of their names, the declared one wins and the Gateway is
+    /// reported.
+    fn plan_waypoints(&mut self) -> Vec<PlannedWaypoint> {
+        let mut planned = Vec::new();
+        for (key, accepted) in &self.candidates {
+            let Object::Gateway(gateway) = &accepted.object else {
+                continue;
+            };
+            if !gateway.is_waypoint {
+                continue;
+            }
+            let mut waypoint = PlannedWaypoint {
+                gateway: key.clone(),
+                origin: accepted.origin.clone(),
+                service: Some(waypoint_service(gateway)),
+                deployment: Some(waypoint_deployment(gateway)),
+            };
+            let declared = |kind: Kind, name: &str| {
+                let key = ObjectKey::namespaced(kind, &gateway.namespace, name);
+                self.candidates.get(&key).map(|other| {
+                    let object = format!("{}/{name}", gateway.namespace);
+                    (kind, object, other.origin.file.clone())
+                })
+            };
+            if let Some((_, service, file)) = declared(Kind::Service, &gateway.name) {
+                let problem = Problem::WaypointServiceDeclared { service, file };
+                self.rejected
+                    .push(waypoint.rejection("metadata.name", problem));
+                waypoint.service = None;
+            }
+            let deployment = waypoint.deployment.as_ref().expect("just made");
+            let pods = deployment.pods();
+            let clash = declared(Kind::Deployment, &deployment.name)
+                .or_else(|| pods.iter().find_map(|pod| declared(Kind::Pod, &pod.name)));
+            if let Some((kind, object, file)) = clash {
+                let problem = Problem::WaypointPodDeclared { kind, object, file };
+                self.rejected
+                    .push(waypoint.rejection("metadata.name", problem));
+                waypoint.deployment = None;
+            }
+            planned.push(waypoint);
+        }
+        planned
+    }
+
+    /// The address each service asks for: `spec.clusterIP`, or `None` for any.
+    fn vip_requests(
+        &self,
+        waypoints: &[PlannedWaypoint],
+    ) -> BTreeMap<NamespacedName, Option<IpAddr>> {
+        let declared = self
+            .candidates
+            .values()
+            .filter_map(|accepted| match &accepted.object {
+                Object::Service(s) => Some((s.namespaced_name(), s.cluster_ip)),
+                _ => None,
+            });
+        let generated = waypoints
+            .iter()
+            .filter_map(|w| w.service.as_ref())
+            .map(|s| (s.namespaced_name(), s.cluster_ip));
+        declared.chain(generated).collect()
+    }
+
+    /// Gives services their virtual IPs, the waypoints' generated ones included. A service
+    /// refused for its address falls back to its last good version (which held an address of
+    /// its own), or is dropped when it has none; a waypoint's is dropped and its Gateway
+    /// reported.
     fn assign_vips(
         &mut self,
         table: &VipTable,
         last_good: &BTreeMap<ObjectKey, Accepted>,
         cidr: IpNet,
+        waypoints: &mut [PlannedWaypoint],
     ) -> (BTreeMap<NamespacedName, IpAddr>, VipTable) {
         let mut reverted = BTreeSet::new();
         loop {
-            let requests: BTreeMap<NamespacedName, Option<IpAddr>> = self
-                .candidates
-                .values()
-                .filter_map(|accepted| match &accepted.object {
-                    Object::Service(s) => Some((s.namespaced_name(), s.cluster_ip)),
-                    _ => None,
-                })
-                .collect();
-            let assignment = table.assign(&requests, cidr);
+            let assignment = table.assign(&self.vip_requests(waypoints), cidr);
             if assignment.conflicts.is_empty() {
                 return (assignment.vips, assignment.table);
             }
             for (service, problem) in assignment.conflicts {
+                let generated = waypoints.iter_mut().find(|w| {
+                    w.service
+                        .as_ref()
+                        .is_some_and(|s| s.namespaced_name() == service)
+                });
+                if let Some(waypoint) = generated {
+                    waypoint.service = None;
+                    self.rejected.push(waypoint.rejection("", problem));
+                    continue;
+                }
                 let key = ObjectKey::namespaced(Kind::Service, &service.namespace, &service.name);
                 let Some(refused) = self.candidates.remove(&key) else {
                     continue;
@@ -289,10 +415,12 @@ impl Round {
         }
     }
 
-    /// Builds the snapshot: objects by kind, Deployment pods, pod status records merged.
+    /// Builds the snapshot: objects by kind, Deployment pods, waypoints, pod status records
+    /// merged.
     fn assemble(
         &mut self,
         vips: BTreeMap<NamespacedName, IpAddr>,
+        waypoints: Vec<PlannedWaypoint>,
         state_dir: &Path,
     ) -> DesiredState {
         let mut state = DesiredState::default();
@@ -328,6 +456,7 @@ impl Round {
             }
         }
         self.expand_deployments(&mut state);
+        add_waypoints(&mut state, waypoints, &vips);
         let (records, rejections) = read_pod_statuses(state_dir);
         for record in records {
             let name = NamespacedName::new(record.namespace.as_str(), record.name.as_str());
@@ -370,6 +499,30 @@ impl Round {
                 }
                 state.pods.insert(pod_name, pod);
             }
+        }
+    }
+}
+
+/// Adds the objects that run waypoints. Names were checked against declared objects when the
+/// waypoints were planned, so nothing declared is replaced.
+fn add_waypoints(
+    state: &mut DesiredState,
+    waypoints: Vec<PlannedWaypoint>,
+    vips: &BTreeMap<NamespacedName, IpAddr>,
+) {
+    for waypoint in waypoints {
+        if let Some(service) = waypoint.service {
+            let name = service.namespaced_name();
+            if let Some(vip) = vips.get(&name) {
+                state.services.insert(name, service.with_vip(*vip));
+            }
+        }
+        if let Some(deployment) = waypoint.deployment {
+            for pod in deployment.pods() {
+                state.pods.entry(pod.namespaced_name()).or_insert(pod);
+            }
+            let name = NamespacedName::new(deployment.namespace.clone(), deployment.name.clone());
+            state.deployments.insert(name, deployment);
         }
     }
 }

@@ -12,9 +12,9 @@
 //!
 //! Layout: [`manifest`] reads text into [`Object`]s, one module per kind checks and flattens
 //! ([`workload`], [`service`], [`authorization`], [`gateway`], [`http_route`]), [`loader`] ties
-//! objects together (virtual IPs from [`vip`], Deployment pods, [`pod_status`] records) into a
-//! [`snapshot`], [`watcher`] runs it on changes, and [`manifest_dir`] is the editing side used by
-//! `meshctl`.
+//! objects together (virtual IPs from [`vip`], Deployment pods, the Service and pod of every
+//! [`waypoint`], [`pod_status`] records) into a [`snapshot`], [`watcher`] runs it on changes, and
+//! [`manifest_dir`] is the editing side used by `meshctl`.
 
 pub mod authorization;
 pub mod gateway;
@@ -31,6 +31,7 @@ pub mod service;
 pub mod snapshot;
 pub mod vip;
 pub mod watcher;
+pub mod waypoint;
 pub mod workload;
 
 pub use authorization::{

@@ -95,6 +95,33 @@ pub enum Problem {
         /// The file that defines the standalone Pod.
         file: Arc<str>,
     },
+    /// A waypoint Gateway's Service is declared by the user, who then owns it.
+    #[error(
+        "Service {service}, which the mesh would make for this waypoint, is declared in {file}: \
+         the declared one is used; it must select the waypoint's pods \
+         (gateway.networking.k8s.io/gateway-name) and offer port 15008, or ztunnels cannot reach \
+         the waypoint"
+    )]
+    WaypointServiceDeclared {
+        /// `namespace/name` of the service.
+        service: String,
+        /// The file that declares it.
+        file: Arc<str>,
+    },
+    /// An object declared by the user has the name of the waypoint's Deployment or pod.
+    #[error(
+        "{kind} {object}, which the mesh would make to run this waypoint, is declared in {file}: \
+         the declared one is kept and the mesh runs no waypoint pod for this gateway; rename \
+         one of them"
+    )]
+    WaypointPodDeclared {
+        /// `Deployment` or `Pod`.
+        kind: super::object::Kind,
+        /// `namespace/name` of the object.
+        object: String,
+        /// The file that declares it.
+        file: Arc<str>,
+    },
 }
 
 impl Problem {

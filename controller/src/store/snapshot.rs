@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::authorization::AuthorizationPolicy;
-use super::gateway::Gateway;
+use super::gateway::{Gateway, WaypointFor};
 use super::http_route::HttpRoute;
 use super::kube_syntax::{Labels, selector_matches};
 use super::object::{
@@ -15,6 +15,7 @@ use super::object::{
 };
 use super::rejection::Rejection;
 use super::service::Service;
+use super::waypoint::{is_waypoint_managed, speaks_hbone_natively};
 use super::workload::{Deployment, Namespace, Pod};
 
 /// Every valid object of the desired state, flattened and tied together: services have their
@@ -67,21 +68,40 @@ impl DesiredState {
         }
     }
 
+    /// Whether ztunnels reach a pod over HBONE: an enrolled pod (its ztunnel terminates the
+    /// tunnel), or a pod that terminates HBONE itself, as a waypoint does.
+    pub fn pod_speaks_hbone(&self, pod: &Pod) -> bool {
+        self.pod_enrolled(pod) || speaks_hbone_natively(&pod.labels)
+    }
+
     /// The waypoint a service's traffic goes through, as Istio reads the labels: the service's
     /// `istio.io/use-waypoint` wins over its namespace's; `none` opts out; the waypoint lives in
     /// the labelled object's namespace unless `istio.io/use-waypoint-namespace` names another.
-    /// The gateway itself may not exist: see [`DesiredState::waypoint`].
+    /// A waypoint's own service has none. The gateway itself may not exist: see
+    /// [`DesiredState::waypoint`].
     pub fn use_waypoint_for_service(&self, service: &Service) -> Option<NamespacedName> {
         self.use_waypoint(&service.labels, &service.namespace)
     }
 
     /// The waypoint of traffic addressed to a pod directly; same rules as for services, with the
-    /// pod's labels first.
+    /// pod's labels first. A waypoint's own pod has none.
     pub fn use_waypoint_for_pod(&self, pod: &Pod) -> Option<NamespacedName> {
         self.use_waypoint(&pod.labels, &pod.namespace)
     }
 
+    /// The waypoint Gateway that handles a service's traffic: bound by `istio.io/use-waypoint`,
+    /// existing, and serving services.
+    pub fn service_waypoint(&self, service: &Service) -> Option<&Gateway> {
+        let name = self.use_waypoint_for_service(service)?;
+        self.waypoint(&name)
+            .filter(|gw| matches!(gw.waypoint_for, WaypointFor::Service | WaypointFor::All))
+    }
+
     fn use_waypoint(&self, labels: &Labels, namespace: &Arc<str>) -> Option<NamespacedName> {
+        if is_waypoint_managed(labels) {
+            // A waypoint does not send its own traffic through a waypoint.
+            return None;
+        }
         let from_labels = |labels: &Labels, default_namespace: &Arc<str>| {
             let name = labels.get(USE_WAYPOINT_LABEL).filter(|n| !n.is_empty())?;
             if name == USE_WAYPOINT_NONE {

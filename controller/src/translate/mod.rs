@@ -1,11 +1,14 @@
 //! Translation of the desired state into the wire contract: pods and services become
-//! `istio.workload.Address` resources, AuthorizationPolicies become `istio.security.Authorization`.
+//! `istio.workload.Address` resources, AuthorizationPolicies become `istio.security.Authorization`
+//! (or, when a waypoint enforces them, `mesh.waypoint.v1.L7Policy`), HTTPRoutes become
+//! `mesh.waypoint.v1.RouteConfiguration`.
 //!
 //! Translation is a pure function of a [`DesiredState`] snapshot: the same state always gives
 //! the same resources (and so the same versions), which is what lets a reconnecting proxy be
 //! sent only what changed.
 
 mod authorization;
+mod waypoint;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -90,11 +93,20 @@ pub fn translate(state: &DesiredState, config: &TranslateConfig, generation: u64
     let mut warnings = Vec::new();
     let policies = authorization::translate(state, config, &mut warnings);
     let addresses = workload::translate(state, config, &policies.selected, &mut warnings);
+    let waypoint = waypoint::translate(state, config, &mut warnings);
     let types = BTreeMap::from([
         (mesh_proto::ADDRESS_TYPE_URL.to_string(), addresses),
         (
             mesh_proto::AUTHORIZATION_TYPE_URL.to_string(),
             policies.resources,
+        ),
+        (
+            mesh_proto::ROUTE_CONFIGURATION_TYPE_URL.to_string(),
+            waypoint.routes,
+        ),
+        (
+            mesh_proto::L7_POLICY_TYPE_URL.to_string(),
+            waypoint.policies,
         ),
     ]);
     Translation {

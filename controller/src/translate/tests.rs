@@ -156,6 +156,8 @@ fn decode(translation: Translation) -> Decoded {
     let mut types = [
         mesh_proto::ADDRESS_TYPE_URL,
         mesh_proto::AUTHORIZATION_TYPE_URL,
+        mesh_proto::ROUTE_CONFIGURATION_TYPE_URL,
+        mesh_proto::L7_POLICY_TYPE_URL,
     ];
     types.sort_unstable();
     assert_eq!(snapshot.types.keys().collect::<Vec<_>>(), types);
@@ -1502,8 +1504,8 @@ fn the_same_state_always_translates_to_the_same_versions() {
     let first = translate(&state, &config, 1);
     assert_eq!(
         first.snapshot.types[mesh_proto::ADDRESS_TYPE_URL].len(),
-        3 + 2 + 12,
-        "3 workloads and 14 services"
+        3 + 2 + 1 + 12,
+        "3 workloads and 15 services (one is the waypoint's)"
     );
     assert_eq!(decode_workload_services(&first), 13);
     for generation in 2..=10 {

@@ -65,7 +65,7 @@ fn workload(
     policies: Option<&BTreeSet<String>>,
     warnings: &mut Vec<Warning>,
 ) -> Workload {
-    let tunnel = if state.pod_enrolled(pod) {
+    let tunnel = if state.pod_speaks_hbone(pod) {
         TunnelProtocol::Hbone
     } else {
         TunnelProtocol::None

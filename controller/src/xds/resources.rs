@@ -245,7 +245,11 @@ mod tests {
         let changes = new.changes.as_ref().unwrap();
         assert_eq!(changes.since, 4);
         let types: Vec<&str> = changes.types.keys().map(String::as_str).collect();
-        assert_eq!(types, ["fresh", "gone", "t"], "unchanged types are left out");
+        assert_eq!(
+            types,
+            ["fresh", "gone", "t"],
+            "unchanged types are left out"
+        );
         assert_eq!(names(&changes.types["t"].updated), ["b", "d", "f"]);
         assert_eq!(names(&changes.types["t"].removed), ["a", "e"]);
         assert_eq!(names(&changes.types["gone"].removed), ["x"]);

@@ -74,6 +74,13 @@ pub enum LabCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// The guided tour: plaintext, then mTLS after enrolling, then a policy; removes the lab
+    /// at the end unless --keep.
+    Demo {
+        /// Leave the lab up afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the supervisor in the foreground (`up` starts it in the background).
     #[command(hide = true)]
     Supervise,
@@ -151,6 +158,12 @@ pub async fn run(args: LabArgs, program_args: Vec<String>) -> anyhow::Result<i32
             println!("restarted {component}");
         }
         LabCommand::Supervise => crate::supervisor::run(&lab).await?,
+        LabCommand::Demo { keep } => {
+            // The tour drives the lab through the same binaries a user runs, from a thread
+            // that may block.
+            let driver = crate::drive::LabDriver::new(lab, components::bin_dir());
+            tokio::task::spawn_blocking(move || crate::demo::run(&driver, keep)).await??;
+        }
     }
     Ok(0)
 }

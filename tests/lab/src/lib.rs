@@ -21,6 +21,8 @@ pub mod cli;
 pub mod command;
 pub mod components;
 pub mod context;
+pub mod demo;
+pub mod drive;
 pub mod inspect;
 pub mod lifecycle;
 pub mod name;

@@ -1,6 +1,6 @@
-//! The harness of the end-to-end tests: a real lab (`mesh-lab up`) per test, driven through
-//! the same binaries a user runs (`mesh-lab`, `meshctl`), removed when the test ends, also
-//! when it fails.
+//! The harness of the end-to-end tests: a real lab per test, driven through the lab's own
+//! driver (`mesh_lab::drive`, the same code the demo uses) and removed when the test ends,
+//! also when it fails. Failures panic with the evidence.
 //!
 //! These tests need root (network namespaces, iptables) and the workspace binaries
 //! (`cargo build --workspace --bins`); without either they fail with a message saying so.
@@ -8,12 +8,13 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Where the lab keeps its state, as `mesh-lab` lays it out.
-const STATE_ROOT: &str = "/var/lib/mesh-lab";
+#[allow(unused_imports)]
+pub use mesh_lab::drive::{contains, tcp_segments_with_port, text};
+use mesh_lab::drive::{self, LabDriver};
 
 /// The directory holding the workspace binaries (target/debug when tests run in debug).
 pub fn bin_dir() -> PathBuf {
@@ -25,33 +26,22 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").to_path_buf()
 }
 
-fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
+fn require_prerequisites() {
     assert!(
-        path.exists(),
-        "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`)",
-        path.display()
+        nix::unistd::geteuid().is_root(),
+        "the end-to-end tests create network namespaces and iptables rules: run them as root"
     );
-    path
+    for binary in ["mesh-lab", "meshctl", "controller", "ztunnel", "testapp"] {
+        let path = bin_dir().join(binary);
+        assert!(
+            path.exists(),
+            "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`)",
+            path.display()
+        );
+    }
 }
 
-fn require_root() {
-    let uid = unsafe_free_uid();
-    assert_eq!(uid, 0, "the end-to-end tests create network namespaces and iptables rules: run them as root");
-}
-
-/// The effective uid, read from /proc so no unsafe call is needed.
-fn unsafe_free_uid() -> u32 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc is mounted");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|u| u.parse().ok())
-        .expect("/proc/self/status has a Uid line")
-}
-
-/// A unique lab name per test: short (namespace and interface names are derived from it).
+/// A unique, short lab name per test (namespace and interface names derive from it).
 fn unique_name(tag: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!("{tag}{}x{}", std::process::id() % 10000, NEXT.fetch_add(1, Ordering::Relaxed))
@@ -60,258 +50,117 @@ fn unique_name(tag: &str) -> String {
 /// A running lab; `down` when dropped.
 pub struct Lab {
     pub name: String,
+    driver: LabDriver,
 }
 
 impl Lab {
-    /// Brings a lab up with `nodes` nodes (and a ztunnel on each).
+    /// Brings a lab up with `nodes` nodes and a ztunnel on each.
     pub fn up(tag: &str, nodes: u8) -> Lab {
-        require_root();
-        let lab = Lab { name: unique_name(tag) };
-        let out = lab.lab(&["up", "--nodes", &nodes.to_string()]);
+        require_prerequisites();
+        let name = unique_name(tag);
+        let driver = LabDriver::new(name.parse().expect("a valid lab name"), bin_dir());
+        let lab = Lab { name, driver };
+        let out = lab.lab(&["up", "--nodes", &nodes.to_string(), "--no-context"]);
         assert!(out.status.success(), "mesh-lab up failed:\n{}", text(&out));
         lab
     }
 
-    /// Runs `mesh-lab <args> --name <lab>`.
+    /// Runs `mesh-lab <args>` for this lab.
     pub fn lab(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(binary("mesh-lab"));
-        cmd.args(args).env("MESH_LAB", &self.name).env("MESH_BIN_DIR", bin_dir());
-        run(cmd, Duration::from_secs(120))
+        self.driver.lab(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Runs `meshctl <args>` against this lab's controller.
     pub fn meshctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(binary("meshctl"));
-        cmd.args(args)
-            .env("MESH_MANIFESTS", self.state().join("manifests"))
-            .env("MESH_CONTROLLER", format!("unix:{}", self.state().join("controller/status.sock").display()));
-        run(cmd, Duration::from_secs(30))
+        self.driver.meshctl(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// `meshctl apply -f -` with this text; panics with meshctl's message when refused.
+    /// `meshctl apply`; panics with meshctl's message when refused.
     pub fn apply(&self, yaml: &str) {
-        let path = self.state().join(format!("apply-{}.yaml", unique_name("a")));
-        std::fs::write(&path, yaml).expect("write the manifest to apply");
-        let out = self.meshctl(&["apply", "-f", path.to_str().unwrap()]);
-        let _ = std::fs::remove_file(&path);
-        assert!(out.status.success(), "meshctl apply failed:\n{}", text(&out));
+        self.driver.apply(yaml).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Runs a command inside a pod's namespace.
     pub fn exec(&self, pod: &str, command: &[&str]) -> Output {
-        let mut args = vec!["exec", pod, "--"];
-        args.extend_from_slice(command);
-        self.lab(&args)
+        self.driver.exec(pod, command).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Sends `message` through a TCP echo at `target` from `pod`; whether it came back intact.
+    /// Sends `message` through a TCP echo at `target` from `pod`.
     pub fn echo(&self, pod: &str, target: &str, message: &str) -> Output {
-        let testapp = binary("testapp");
-        self.exec(pod, &[testapp.to_str().unwrap(), "echo", target, "--message", message, "--timeout-ms", "3000"])
+        self.driver.echo(pod, target, message).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The lab's state directory.
     pub fn state(&self) -> PathBuf {
-        Path::new(STATE_ROOT).join(&self.name)
+        self.driver.paths().root().to_path_buf()
     }
 
-    /// A node's network namespace.
-    pub fn node_netns(&self, node: u8) -> String {
-        format!("{}-n{node}", self.name)
+    /// The pid of a live lab process (`controller`, `ztunnel node-1`).
+    pub fn pid_of(&self, component: &str) -> u32 {
+        self.driver
+            .pid_of(component)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no live {component} in the lab"))
+    }
+
+    /// The pods of the lab with their placement and restart counts.
+    pub fn pods(&self) -> Vec<serde_json::Value> {
+        self.driver.pods().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The ztunnel log of a node.
     pub fn ztunnel_log(&self, node: &str) -> String {
-        text(&self.lab(&["logs", "ztunnel", "--node", node]))
+        self.driver.log("ztunnel", Some(node)).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// GETs a path from an HTTP endpoint inside a node's namespace (metrics, admin).
+    /// GETs a path from an HTTP endpoint on a node's loopback (metrics, admin).
     pub fn node_http(&self, node: u8, port: u16, path: &str) -> String {
-        let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3 && cat <&3"
-        );
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node_netns(node), "bash", "-c", &script]);
-        text(&run(cmd, Duration::from_secs(10)))
+        self.driver.node_http(node, port, path).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Waits (bounded) until `check` returns true; panics with `what` and the last detail.
-    pub fn wait_until(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> Result<(), String>) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match check() {
-                Ok(()) => return,
-                Err(detail) if Instant::now() >= deadline => {
-                    panic!("timed out after {timeout:?} waiting for {what}: {detail}\n--- supervisor ---\n{}", text(&self.lab(&["logs", "supervisor"])))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(250)),
-            }
+    /// Waits (bounded) until `check` returns Ok; panics with the last detail and the
+    /// supervisor's log.
+    pub fn wait_until(&self, what: &str, timeout: Duration, check: impl FnMut() -> Result<(), String>) {
+        if let Err(e) = self.driver.wait_until(what, timeout, check) {
+            let supervisor = self.driver.log("supervisor", None).unwrap_or_default();
+            panic!("{e}\n--- supervisor ---\n{supervisor}");
         }
     }
 
-    /// Waits until every listed pod of the lab has an IP and runs.
+    /// Waits until every listed pod runs with an IP.
     pub fn wait_for_pods(&self, pods: &[&str]) {
-        self.wait_until("pods to run", Duration::from_secs(60), || {
-            let out = self.lab(&["status", "--json"]);
-            let status: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-            let listed = pod_list(&status);
-            for pod in pods {
-                let found = listed.iter().any(|p| {
-                    let name = format!("{}/{}", p["namespace"].as_str().unwrap_or(""), p["name"].as_str().unwrap_or(""));
-                    name == *pod && p["ip"].is_string()
-                });
-                if !found {
-                    return Err(format!("{pod} not running yet: {status}"));
-                }
-            }
-            Ok(())
-        });
+        self.driver.wait_for_pods(pods).unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Waits until the controller reports these pods with the given protocol (HBONE or TCP).
+    /// Waits until the controller reports every workload of `namespace` with `protocol`.
     pub fn wait_for_protocol(&self, namespace: &str, protocol: &str) {
-        self.wait_until("workloads to change protocol", Duration::from_secs(30), || {
-            let out = self.meshctl(&["get", "workloads", "-n", namespace, "-o", "json"]);
-            let rows: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", text(&out)))?;
-            let all = rows.as_array().map(|r| !r.is_empty() && r.iter().all(|w| w["protocol"] == protocol));
-            if all == Some(true) { Ok(()) } else { Err(rows.to_string()) }
-        });
+        self.driver.wait_for_protocol(namespace, protocol).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts capturing node `node`'s link.
+    pub fn capture(&self, node: u8) -> drive::Capture {
+        drive::Capture::start(&self.driver, node).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let out = self.lab(&["down"]);
-        if !out.status.success() {
-            eprintln!("mesh-lab down failed for {}:\n{}", self.name, text(&out));
+        match self.driver.lab(&["down"]) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!("mesh-lab down failed for {}:\n{}", self.name, text(&out)),
+            Err(e) => eprintln!("mesh-lab down failed for {}: {e}", self.name),
         }
     }
 }
 
-/// The pods of `mesh-lab status --json`.
-pub fn pod_list(status: &serde_json::Value) -> Vec<serde_json::Value> {
-    let pods = &status["pods"];
-    pods.as_array().or_else(|| pods["pods"].as_array()).cloned().unwrap_or_default()
-}
-
-/// A packet capture on a node's link to the switch; stopped and read with [`Capture::finish`].
-pub struct Capture {
-    child: Child,
-    file: PathBuf,
-}
-
-impl Capture {
-    /// Starts capturing TCP on `eth0` (the node's link to the switch) in a node's namespace.
-    pub fn start(lab: &Lab, node: u8) -> Capture {
-        let tcpdump = ["/usr/bin/tcpdump", "/usr/sbin/tcpdump"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("tcpdump is missing: tests/run installs it (apt-get install tcpdump)");
-        let file = lab.state().join(format!("capture-{}.pcap", unique_name("c")));
-        let child = Command::new("ip")
-            // Immediate mode: without it packets wait in the kernel ring for up to a second
-            // and a capture stopped sooner loses them.
-            .args(["netns", "exec", &lab.node_netns(node), tcpdump, "--immediate-mode", "-i", "eth0", "-U", "-n", "-s", "0", "-w"])
-            // No capture filter: in these namespaces tcpdump's compiled filter dropped every
-            // packet, while the unfiltered capture sees them all.
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tcpdump");
-        // tcpdump needs a moment to open the interface before traffic flows.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !file.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        Capture { child, file }
-    }
-
-    /// Stops the capture and returns the captured bytes.
-    pub fn finish(mut self) -> Vec<u8> {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::fs::read(&self.file).expect("the capture file exists")
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
-
-/// How many captured TCP segments have port `port` as source or destination, reading the
-/// pcap records' Ethernet, IPv4 and TCP headers.
-pub fn tcp_segments_with_port(pcap: &[u8], port: u16) -> usize {
-    const GLOBAL_HEADER: usize = 24;
-    const RECORD_HEADER: usize = 16;
-    let mut offset = GLOBAL_HEADER;
-    let mut count = 0;
-    while offset + RECORD_HEADER <= pcap.len() {
-        let captured = u32::from_le_bytes(pcap[offset + 8..offset + 12].try_into().unwrap()) as usize;
-        let start = offset + RECORD_HEADER;
-        let Some(frame) = pcap.get(start..start + captured) else { break };
-        offset = start + captured;
-        // Ethernet II carrying IPv4 carrying TCP.
-        if frame.len() < 14 + 20 + 4 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
-            continue;
-        }
-        let ihl = usize::from(frame[14] & 0x0f) * 4;
-        let tcp = &frame[14 + ihl..];
-        if tcp.len() >= 4 {
-            let src = u16::from_be_bytes([tcp[0], tcp[1]]);
-            let dst = u16::from_be_bytes([tcp[2], tcp[3]]);
-            if src == port || dst == port {
-                count += 1;
-            }
-        }
-    }
-    count
-}
-
-/// Whether `needle` occurs in `haystack`.
-pub fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+/// Stops a capture and returns its bytes.
+pub fn finish(capture: drive::Capture) -> Vec<u8> {
+    capture.finish().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A marker unlikely to appear by chance.
 pub fn marker(tag: &str) -> String {
-    format!("MARKER-{tag}-{}-{}", std::process::id(), unique_name("m"))
-}
-
-/// stdout and stderr of a finished command.
-pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// Runs a command with a time limit; a command still running then is killed.
-fn run(mut cmd: Command, limit: Duration) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("collect output");
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("collect output");
-            panic!("{cmd:?} did not finish in {limit:?}:\n{}", text(&out));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    format!("MARKER-{tag}-{}", unique_name("m"))
 }
 
 /// The demo application: a server (HTTP 8080, TCP echo 9000) on node-2 behind a Service,

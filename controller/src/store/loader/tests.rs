@@ -339,3 +339,131 @@ fn a_missing_manifest_directory_is_an_error_and_changes_nothing() {
         "{err}"
     );
 }
+
+#[test]
+fn reloads_that_reuse_unchanged_files_match_a_fresh_load() {
+    let fixture = Fixture::new();
+    fixture.write("cart.yaml", &service("cart", &port(80)));
+    fixture.write("web.yaml", &service("web", &port(80)));
+    let mut loader = fixture.loader();
+    loader.reload().unwrap();
+    let edits: [(&str, Option<String>); 5] = [
+        ("web.yaml", Some(service("web", &port(81)))),
+        ("cart.yaml", Some("kind: [".to_string())),
+        ("web.yaml", None),
+        ("cart.yaml", Some(service("cart", &port(82)))),
+        ("web.yaml", Some(service("web", &port(80)))),
+    ];
+    for (step, (file, text)) in edits.into_iter().enumerate() {
+        match text {
+            Some(text) => fixture.write(file, &text),
+            None => fixture.remove(file),
+        }
+        let reused = loader.reload().unwrap();
+        // A fresh loader parses every file; it only lacks the last good versions, which
+        // matter while cart.yaml is broken (steps 1 and 2).
+        let fresh = fixture.loader().reload().unwrap();
+        if matches!(step, 1 | 2) {
+            assert!(
+                reused.services.contains_key(&key("cart")),
+                "the last good cart stays"
+            );
+            assert_eq!(messages(&reused), messages(&fresh));
+        } else {
+            assert_eq!(reused, fresh, "step {step}");
+        }
+    }
+}
+
+const WAYPOINT: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+    metadata: {name: wp, namespace: shop}\nspec:\n  gatewayClassName: istio-waypoint\n  \
+    listeners: [{name: mesh, port: 15008, protocol: HBONE}]\n";
+
+#[test]
+fn a_waypoint_gateway_gets_a_service_and_a_pod_with_a_stable_vip() {
+    let fixture = Fixture::new();
+    fixture.write("wp.yaml", WAYPOINT);
+    fixture.write("cart.yaml", &service("cart", &port(80)));
+    let first = load(&fixture.config).unwrap();
+    assert!(first.rejected.is_empty(), "{:?}", messages(&first));
+    let service = &first.services[&key("wp")];
+    assert_eq!(service.ports[0].port, 15008);
+    assert!(fixture.config.service_cidr.contains(&service.vip));
+    assert_ne!(service.vip, vip(&first, "cart"));
+    let pod = &first.pods[&key("wp-0")];
+    assert_eq!(pod.containers[0].command, ["waypoint"]);
+    assert_eq!(first.deployments[&key("wp")].replicas, 1);
+
+    // A restart keeps the address; a gateway of another class gets nothing.
+    fixture.write(
+        "other.yaml",
+        &WAYPOINT
+            .replace("name: wp", "name: ingress")
+            .replace("istio-waypoint", "istio"),
+    );
+    let second = load(&fixture.config).unwrap();
+    assert_eq!(vip(&second, "wp"), vip(&first, "wp"));
+    assert!(!second.services.contains_key(&key("ingress")));
+    assert!(!second.pods.contains_key(&key("ingress-0")));
+
+    // A broken gateway file keeps the last good gateway, and so its waypoint.
+    let mut loader = fixture.loader();
+    loader.reload().unwrap();
+    fixture.write("wp.yaml", "kind: [");
+    let broken = loader.reload().unwrap();
+    assert_eq!(vip(&broken, "wp"), vip(&first, "wp"));
+    assert!(broken.pods.contains_key(&key("wp-0")));
+
+    // Deleting the gateway removes both.
+    fixture.remove("wp.yaml");
+    let gone = loader.reload().unwrap();
+    assert!(!gone.services.contains_key(&key("wp")));
+    assert!(!gone.pods.contains_key(&key("wp-0")));
+    assert!(!gone.deployments.contains_key(&key("wp")));
+}
+
+#[test]
+fn declared_objects_named_like_a_waypoints_win_and_the_gateway_is_reported() {
+    let fixture = Fixture::new();
+    fixture.write("wp.yaml", WAYPOINT);
+    fixture.write("svc.yaml", &service("wp", &port(80)));
+    fixture.write(
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: wp-0, namespace: shop}\nspec: {containers: [{name: mine}]}\n",
+    );
+    let state = load(&fixture.config).unwrap();
+    assert_eq!(state.services[&key("wp")].ports[0].port, 80);
+    assert_eq!(state.pods[&key("wp-0")].containers[0].name, "mine");
+    assert!(!state.deployments.contains_key(&key("wp")));
+    assert_eq!(
+        messages(&state),
+        [
+            "manifests/wp.yaml: Gateway shop/wp: metadata.name: Service shop/wp, which the mesh \
+             would make for this waypoint, is declared in manifests/svc.yaml: the declared one is \
+             used; it must select the waypoint's pods (gateway.networking.k8s.io/gateway-name) and \
+             offer port 15008, or ztunnels cannot reach the waypoint",
+            "manifests/wp.yaml: Gateway shop/wp: metadata.name: Pod shop/wp-0, which the mesh \
+             would make to run this waypoint, is declared in manifests/pod.yaml: the declared one \
+             is kept and the mesh runs no waypoint pod for this gateway; rename one of them",
+        ]
+    );
+}
+
+#[test]
+fn a_waypoint_service_without_a_free_address_is_reported_not_looped_on() {
+    let mut fixture = Fixture::new();
+    fixture.config.service_cidr = "10.96.0.0/30".parse().unwrap();
+    fixture.write("a.yaml", &service("a", &port(80)));
+    fixture.write("b.yaml", &service("b", &port(80)));
+    fixture.write("wp.yaml", WAYPOINT);
+    let state = load(&fixture.config).unwrap();
+    assert!(!state.services.contains_key(&key("wp")));
+    assert!(state.pods.contains_key(&key("wp-0")));
+    assert_eq!(
+        messages(&state),
+        [
+            "manifests/wp.yaml: Gateway shop/wp: no free virtual IP left in the service CIDR \
+             10.96.0.0/30; configure a wider CIDR"
+        ]
+    );
+}

@@ -213,3 +213,95 @@ fn large_first_syncs_are_split_under_the_message_limit() {
         "every response has its own nonce"
     );
 }
+
+/// A snapshot as the publisher makes it: it knows its changes since `previous`.
+fn published(
+    previous: &ResourceSnapshot,
+    generation: u64,
+    things: &[(&str, i64)],
+) -> ResourceSnapshot {
+    snapshot(generation, things).with_changes_since(previous)
+}
+
+#[test]
+fn published_changes_give_what_a_full_comparison_gives() {
+    let steps: [&[(&str, i64)]; 5] = [
+        &[("a", 1), ("b", 1), ("c", 1)],
+        &[("a", 1), ("b", 2), ("c", 1), ("d", 1)],
+        &[("b", 2), ("d", 1)],
+        &[("b", 2), ("d", 1)],
+        &[("a", 3), ("d", 2), ("e", 1)],
+    ];
+    // One proxy sees publisher snapshots (with changes), the other the same contents without.
+    let mut fast = AdsConnection::default();
+    let mut full = AdsConnection::default();
+    let mut previous = snapshot(1, steps[0]);
+    fast.on_request(subscribe(T, &["a", "b", "d"]), &previous);
+    full.on_request(subscribe(T, &["a", "b", "d"]), &previous);
+    for (i, step) in steps.iter().enumerate().skip(1) {
+        let generation = i as u64 + 1;
+        let next = published(&previous, generation, step);
+        let got = fast.on_snapshot(&next);
+        let want = full.on_snapshot(&snapshot(generation, step));
+        let strip = |responses: Vec<DeltaDiscoveryResponse>| {
+            responses
+                .into_iter()
+                .map(|r| (r.resources, r.removed_resources))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(got), strip(want), "step {i}");
+        assert!(
+            fast.on_snapshot(&next).is_empty(),
+            "a snapshot is handled once"
+        );
+        previous = next;
+    }
+}
+
+#[test]
+fn a_proxy_that_missed_a_snapshot_is_compared_in_full() {
+    let mut conn = AdsConnection::default();
+    let first = snapshot(1, &[("a", 1), ("b", 1)]);
+    conn.on_request(subscribe(T, &[]), &first);
+    let second = published(&first, 2, &[("a", 2), ("b", 1)]);
+    // The stream never saw generation 2: its changes alone would lose a's update.
+    let third = published(&second, 3, &[("a", 2), ("b", 1), ("c", 1)]);
+    let pushed = conn.on_snapshot(&third);
+    assert_eq!(names(&pushed[0]), ["a", "c"]);
+}
+
+#[test]
+fn a_request_does_not_hide_a_snapshot_from_the_other_types() {
+    let mut conn = AdsConnection::default();
+    let types = |generation, t: i64, u: i64| {
+        let body = |seconds| prost_types::Duration { seconds, nanos: 0 };
+        ResourceSnapshot::new(
+            generation,
+            BTreeMap::from([
+                (
+                    T.to_string(),
+                    vec![VersionedResource::encode(T, "t", &body(t))],
+                ),
+                (
+                    U.to_string(),
+                    vec![VersionedResource::encode(U, "u", &body(u))],
+                ),
+            ]),
+        )
+    };
+    let first = types(1, 1, 1);
+    conn.on_request(subscribe(T, &[]), &first);
+    conn.on_request(subscribe(U, &[]), &first);
+    let second = types(2, 2, 2).with_changes_since(&first);
+    // The proxy widens its subscription of T before the stream handles the new snapshot.
+    let (_, for_t) = conn.on_request(subscribe(T, &["extra"]), &second);
+    assert_eq!(names(&for_t[0]), ["t"]);
+    let pushed = conn.on_snapshot(&second);
+    assert_eq!(
+        pushed.len(),
+        1,
+        "T is current already; U still needs the change"
+    );
+    assert_eq!(pushed[0].type_url, U);
+    assert_eq!(names(&pushed[0]), ["u"]);
+}
