@@ -43,13 +43,19 @@ fn a_broken_manifest_is_refused_with_a_clear_message_and_nothing_changes() {
         "principals",
         "nothing was applied",
     ] {
-        assert!(message.contains(expected), "the refusal does not mention {expected:?}:\n{message}");
+        assert!(
+            message.contains(expected),
+            "the refusal does not mention {expected:?}:\n{message}"
+        );
     }
     assert_eq!(manifest_files(&lab), files_before, "nothing may be written");
     let after = text(&lab.meshctl(&["get", "services", "-A", "-o", "json"]));
     assert_eq!(before, after, "the served state changed");
     let status = text(&lab.meshctl(&["proxy-status"]));
-    assert!(!status.contains("rejected:"), "a refused apply leaves no rejection behind:\n{status}");
+    assert!(
+        !status.contains("rejected:"),
+        "a refused apply leaves no rejection behind:\n{status}"
+    );
 }
 
 fn manifest_files(lab: &Lab) -> Vec<(String, Vec<u8>)> {

@@ -16,10 +16,14 @@ fn labelling_a_namespace_moves_its_traffic_into_mtls_and_back() {
     // Before: plaintext through the service VIP, and the marker crosses the node link as is.
     let plain = marker("plain");
     let capture = lab.capture(1);
-    lab.wait_until("the echo service to answer", Duration::from_secs(30), || {
-        let out = lab.echo("demo/client", "server:9000", &plain);
-        out.status.success().then_some(()).ok_or_else(|| text(&out))
-    });
+    lab.wait_until(
+        "the echo service to answer",
+        Duration::from_secs(30),
+        || {
+            let out = lab.echo("demo/client", "server:9000", &plain);
+            out.status.success().then_some(()).ok_or_else(|| text(&out))
+        },
+    );
     let bytes = finish(capture);
     assert!(
         contains(&bytes, &plain),
@@ -29,14 +33,21 @@ fn labelling_a_namespace_moves_its_traffic_into_mtls_and_back() {
     );
 
     // Enroll: label the namespace; the pods keep running.
-    let out = lab.meshctl(&["label", "namespace", "demo", "istio.io/dataplane-mode=ambient"]);
+    let out = lab.meshctl(&[
+        "label",
+        "namespace",
+        "demo",
+        "istio.io/dataplane-mode=ambient",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     lab.wait_for_protocol("demo", "HBONE");
     let secret = marker("mtls");
     lab.wait_until("traffic over HBONE", Duration::from_secs(30), || {
         let out = lab.echo("demo/client", "server:9000", "probe");
         let log = lab.ztunnel_log("node-2");
-        if out.status.success() && log.contains("src.identity=spiffe://cluster.local/ns/demo/sa/client") {
+        if out.status.success()
+            && log.contains("src.identity=spiffe://cluster.local/ns/demo/sa/client")
+        {
             Ok(())
         } else {
             Err(format!("{}\n{log}", text(&out)))
@@ -45,8 +56,15 @@ fn labelling_a_namespace_moves_its_traffic_into_mtls_and_back() {
     let capture = lab.capture(1);
     let out = lab.echo("demo/client", "server:9000", &secret);
     let bytes = finish(capture);
-    assert!(out.status.success(), "echo over the mesh failed: {}", text(&out));
-    assert!(!contains(&bytes, &secret), "the payload crossed the node link in plaintext after enrollment");
+    assert!(
+        out.status.success(),
+        "echo over the mesh failed: {}",
+        text(&out)
+    );
+    assert!(
+        !contains(&bytes, &secret),
+        "the payload crossed the node link in plaintext after enrollment"
+    );
     assert!(
         tcp_segments_with_port(&bytes, 15008) > 0,
         "no HBONE (port 15008) traffic was captured on the node link"
@@ -60,10 +78,12 @@ fn labelling_a_namespace_moves_its_traffic_into_mtls_and_back() {
     // The server's tunnel saw the client's identity and counted the connection as mTLS.
     let metrics = lab.node_http(2, 15020, "/metrics");
     assert!(
-        metrics.lines().any(|l| l.starts_with("istio_tcp_connections_opened_total")
-            && l.contains("reporter=\"destination\"")
-            && l.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"")
-            && l.contains("connection_security_policy=\"mutual_tls\"")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/demo/sa/client\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")),
         "node-2's metrics do not show the client's mTLS connection:\n{metrics}"
     );
 
@@ -81,6 +101,8 @@ fn labelling_a_namespace_moves_its_traffic_into_mtls_and_back() {
         let capture = lab.capture(1);
         let out = lab.echo("demo/client", "server:9000", &again);
         let bytes = finish(capture);
-        (out.status.success() && contains(&bytes, &again)).then_some(()).ok_or_else(|| text(&out))
+        (out.status.success() && contains(&bytes, &again))
+            .then_some(())
+            .ok_or_else(|| text(&out))
     });
 }

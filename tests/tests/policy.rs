@@ -36,18 +36,27 @@ fn enrolled_lab(tag: &str) -> Lab {
     let lab = Lab::up(tag, 2);
     lab.apply(&demo_app("demo", &["alice", "bob"]));
     lab.wait_for_pods(&["demo/server", "demo/alice", "demo/bob"]);
-    let out = lab.meshctl(&["label", "namespace", "demo", "istio.io/dataplane-mode=ambient"]);
+    let out = lab.meshctl(&[
+        "label",
+        "namespace",
+        "demo",
+        "istio.io/dataplane-mode=ambient",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     lab.wait_for_protocol("demo", "HBONE");
-    lab.wait_until("both clients to reach the server over the mesh", Duration::from_secs(30), || {
-        for client in ["demo/alice", "demo/bob"] {
-            let out = lab.echo(client, "server:9000", "hello");
-            if !out.status.success() {
-                return Err(text(&out));
+    lab.wait_until(
+        "both clients to reach the server over the mesh",
+        Duration::from_secs(30),
+        || {
+            for client in ["demo/alice", "demo/bob"] {
+                let out = lab.echo(client, "server:9000", "hello");
+                if !out.status.success() {
+                    return Err(text(&out));
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     lab
 }
 
@@ -57,17 +66,27 @@ fn allow_by_principal_admits_one_client_and_deny_by_namespace_wins() {
     lab.apply(&allow_only("cluster.local/ns/demo/sa/alice"));
     lab.wait_until("bob to be refused", Duration::from_secs(30), || {
         let bob = lab.echo("demo/bob", "server:9000", "hello");
-        (!bob.status.success()).then_some(()).ok_or_else(|| "bob still gets through".to_string())
+        (!bob.status.success())
+            .then_some(())
+            .ok_or_else(|| "bob still gets through".to_string())
     });
     let alice = lab.echo("demo/alice", "server:9000", "hello");
-    assert!(alice.status.success(), "alice is allowed by principal: {}", text(&alice));
     assert!(
-        lab.ztunnel_log("node-2").contains("connection denied by policy"),
+        alice.status.success(),
+        "alice is allowed by principal: {}",
+        text(&alice)
+    );
+    assert!(
+        lab.ztunnel_log("node-2")
+            .contains("connection denied by policy"),
         "the server's tunnel logs the denial"
     );
     let metrics = lab.node_http(2, 15020, "/metrics");
     assert!(
-        metrics.lines().any(|l| l.contains("ztunnel_connection_failures_total") && l.contains("reason=\"policy_denied\"")),
+        metrics
+            .lines()
+            .any(|l| l.contains("ztunnel_connection_failures_total")
+                && l.contains("reason=\"policy_denied\"")),
         "denials are counted:\n{metrics}"
     );
 
@@ -75,7 +94,9 @@ fn allow_by_principal_admits_one_client_and_deny_by_namespace_wins() {
     lab.apply(DENY_NAMESPACE);
     lab.wait_until("alice to be refused too", Duration::from_secs(30), || {
         let alice = lab.echo("demo/alice", "server:9000", "hello");
-        (!alice.status.success()).then_some(()).ok_or_else(|| "alice still gets through".to_string())
+        (!alice.status.success())
+            .then_some(())
+            .ok_or_else(|| "alice still gets through".to_string())
     });
 }
 
@@ -88,13 +109,25 @@ fn a_policy_applied_while_a_connection_is_open_closes_it() {
         .env("MESH_LAB", &lab.name)
         .args(["exec", "demo/bob", "--"])
         .arg(&testapp)
-        .args(["echo", "server:9000", "--message", "held", "--hold-ms", "20000", "--timeout-ms", "3000"])
+        .args([
+            "echo",
+            "server:9000",
+            "--message",
+            "held",
+            "--hold-ms",
+            "20000",
+            "--timeout-ms",
+            "3000",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the long-lived client");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(held.try_wait().expect("poll").is_none(), "the held connection ended before the policy");
+    assert!(
+        held.try_wait().expect("poll").is_none(),
+        "the held connection ended before the policy"
+    );
 
     let applied = Instant::now();
     lab.apply(&allow_only("cluster.local/ns/demo/sa/alice"));
@@ -110,7 +143,11 @@ fn a_policy_applied_while_a_connection_is_open_closes_it() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let out = held.wait_with_output().expect("collect output");
-    assert!(!status.success(), "the held connection should have failed: {}", text(&out));
+    assert!(
+        !status.success(),
+        "the held connection should have failed: {}",
+        text(&out)
+    );
     assert!(
         lab.ztunnel_log("node-2").contains("policy now denies it"),
         "the tunnel logs why it closed the connection"

@@ -53,7 +53,12 @@ pub enum Endpoints {
 }
 
 /// Serves one set of endpoints on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, state: AdminState, endpoints: Endpoints, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    endpoints: Endpoints,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -80,11 +85,17 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen for the {what} endpoint on {addr}: {e}"))
 }
 
-fn respond(state: &AdminState, endpoints: Endpoints, request: Request<Incoming>) -> Response<Full<Bytes>> {
+fn respond(
+    state: &AdminState,
+    endpoints: Endpoints,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     match (endpoints, request.method(), path) {
         (Endpoints::Admin, &Method::GET, "/config_dump") => json_response(config_dump(state)),
-        (Endpoints::Admin, &Method::GET | &Method::POST, "/logging") => logging(state, request.uri().query()),
+        (Endpoints::Admin, &Method::GET | &Method::POST, "/logging") => {
+            logging(state, request.uri().query())
+        }
         (Endpoints::Metrics, &Method::GET, "/metrics") => metrics(state),
         (Endpoints::Readiness, &Method::GET, "/healthz/ready") => readiness(state),
         _ => text(StatusCode::NOT_FOUND, "not found\n".to_string()),
@@ -97,10 +108,16 @@ fn logging(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
         .split('&')
         .find_map(|pair| pair.strip_prefix("level="));
     match level {
-        None => text(StatusCode::BAD_REQUEST, "give the filter as ?level=<filter>, e.g. ?level=debug\n".into()),
+        None => text(
+            StatusCode::BAD_REQUEST,
+            "give the filter as ?level=<filter>, e.g. ?level=debug\n".into(),
+        ),
         Some(level) => match (state.set_log_level)(level) {
             Ok(()) => text(StatusCode::OK, format!("log filter is now {level}\n")),
-            Err(e) => text(StatusCode::BAD_REQUEST, format!("invalid filter {level:?}: {e}\n")),
+            Err(e) => text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid filter {level:?}: {e}\n"),
+            ),
         },
     }
 }
@@ -109,12 +126,17 @@ fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.metrics) {
         warn!(error = %e, "cannot encode metrics");
-        return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n".into());
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode metrics\n".into(),
+        );
     }
     let mut response = Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
     );
     response
 }
@@ -138,7 +160,10 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
         .collect();
     match (synced, missing.is_empty()) {
         (true, true) => text(StatusCode::OK, "ready\n".into()),
-        (false, _) => text(StatusCode::SERVICE_UNAVAILABLE, "waiting for the first configuration from the controller\n".into()),
+        (false, _) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first configuration from the controller\n".into(),
+        ),
         (true, false) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("waiting for certificates: {}\n", missing.join(", ")),
@@ -200,16 +225,18 @@ fn config_dump(state: &AdminState) -> Value {
 }
 
 fn epoch(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn json_response(value: Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(
         serde_json::to_vec_pretty(&value).unwrap_or_default(),
     )));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 

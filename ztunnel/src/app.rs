@@ -13,10 +13,14 @@ use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use crate::admin::{self, AdminState, Endpoints, LogLevelSetter};
-use crate::cert_manager::{CertificateManager, CertificateMetrics, ControllerCa, ControllerCaConfig};
+use crate::cert_manager::{
+    CertificateManager, CertificateMetrics, ControllerCa, ControllerCaConfig,
+};
 use crate::hbone::{ClientMetrics, ServerMetrics};
 use crate::inpod::EnrollmentServer;
-use crate::proxy::{BoxedSource, ConnectionMetrics, ConnectionTracker, PodManager, ProxyContext, ProxySettings};
+use crate::proxy::{
+    BoxedSource, ConnectionMetrics, ConnectionTracker, PodManager, ProxyContext, ProxySettings,
+};
 use crate::state::{DiscoveryStore, MeshDefaults};
 use crate::tls::TrustBundle;
 use crate::xds::{AdsClient, ControllerTls, XdsConfig, XdsMetrics, proxy_id};
@@ -72,8 +76,12 @@ pub fn run(config: ZtunnelConfig, set_log_level: LogLevelSetter) -> anyhow::Resu
         .build()
         .context("cannot start the control runtime")?;
 
-    let roots_pem = std::fs::read_to_string(&config.root_cert)
-        .with_context(|| format!("cannot read the mesh trust bundle {}", config.root_cert.display()))?;
+    let roots_pem = std::fs::read_to_string(&config.root_cert).with_context(|| {
+        format!(
+            "cannot read the mesh trust bundle {}",
+            config.root_cert.display()
+        )
+    })?;
     let token = std::fs::read_to_string(&config.token_file)
         .with_context(|| format!("cannot read the node token {}", config.token_file.display()))?;
     let trust = TrustBundle::from_pem(&config.trust_domain, roots_pem.as_bytes())
@@ -97,14 +105,20 @@ pub fn run(config: ZtunnelConfig, set_log_level: LogLevelSetter) -> anyhow::Resu
     });
     xds_config.token_file = Some(config.token_file.clone());
     let xds_metrics = XdsMetrics::new(&mut registry);
-    let client = control.block_on(async { AdsClient::new(xds_config, Box::new(store), xds_metrics) })?;
+    let client =
+        control.block_on(async { AdsClient::new(xds_config, Box::new(store), xds_metrics) })?;
     let xds_status = client.status();
 
-    let mut ca_config = ControllerCaConfig::new(format!("https://{}", config.controller), roots_pem, token.trim());
+    let mut ca_config = ControllerCaConfig::new(
+        format!("https://{}", config.controller),
+        roots_pem,
+        token.trim(),
+    );
     ca_config.domain_name = config.controller_name.clone();
     ca_config.validity = config.cert_validity;
     let ca = control.block_on(async { ControllerCa::new(&ca_config) })?;
-    let certs = CertificateManager::new(BoxedSource::new(ca), CertificateMetrics::new(&mut registry));
+    let certs =
+        CertificateManager::new(BoxedSource::new(ca), CertificateMetrics::new(&mut registry));
 
     let ctx = Arc::new(ProxyContext {
         node: config.node.as_str().into(),
@@ -120,7 +134,8 @@ pub fn run(config: ZtunnelConfig, set_log_level: LogLevelSetter) -> anyhow::Resu
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (events_tx, events) = mpsc::channel(ENROLLMENT_QUEUE);
     let (manager, pods) = PodManager::new(ctx);
-    let enrollment = data.block_on(async { EnrollmentServer::bind(&config.enrollment_socket, events_tx) })?;
+    let enrollment =
+        data.block_on(async { EnrollmentServer::bind(&config.enrollment_socket, events_tx) })?;
 
     let state = AdminState {
         discovery,
@@ -133,7 +148,9 @@ pub fn run(config: ZtunnelConfig, set_log_level: LogLevelSetter) -> anyhow::Resu
     let control_shutdown = shutdown.clone();
     control.spawn(async move {
         let mut stop = control_shutdown.clone();
-        client.run(async move { crate::proxy::stopped(&mut stop).await }).await;
+        client
+            .run(async move { crate::proxy::stopped(&mut stop).await })
+            .await;
     });
     for (addr, endpoints, what) in [
         (config.admin_addr, Endpoints::Admin, "admin"),
@@ -141,13 +158,22 @@ pub fn run(config: ZtunnelConfig, set_log_level: LogLevelSetter) -> anyhow::Resu
         (config.readiness_addr, Endpoints::Readiness, "readiness"),
     ] {
         let listener = control.block_on(admin::bind(addr, what))?;
-        control.spawn(admin::serve(listener, state.clone(), endpoints, shutdown.clone()));
+        control.spawn(admin::serve(
+            listener,
+            state.clone(),
+            endpoints,
+            shutdown.clone(),
+        ));
     }
 
     info!(node = %config.node, controller = %config.controller, enrollment = %config.enrollment_socket.display(), "ztunnel started");
     data.block_on(async move {
         let mut stop = shutdown.clone();
-        let server = tokio::spawn(async move { enrollment.serve(async move { crate::proxy::stopped(&mut stop).await }).await });
+        let server = tokio::spawn(async move {
+            enrollment
+                .serve(async move { crate::proxy::stopped(&mut stop).await })
+                .await
+        });
         let pods = tokio::spawn(manager.run(events, shutdown));
         shutdown_signal().await;
         info!("shutting down: draining connections");

@@ -13,7 +13,11 @@ use ztunnel::app::{ZtunnelConfig, run};
 use ztunnel::proxy::ProxySettings;
 
 #[derive(Parser)]
-#[command(name = "ztunnel", version, about = "The mesh's per-node zero-trust tunnel")]
+#[command(
+    name = "ztunnel",
+    version,
+    about = "The mesh's per-node zero-trust tunnel"
+)]
 struct Args {
     /// The node this tunnel serves.
     #[arg(long, env = "NODE_NAME")]
@@ -67,9 +71,14 @@ fn main() -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     if args.log_json {
-        tracing_subscriber::registry().with(filter).with(fmt.json()).init();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.json())
+            .init();
     } else {
         tracing_subscriber::registry().with(filter).with(fmt).init();
     }

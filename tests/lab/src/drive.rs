@@ -31,9 +31,15 @@ pub enum DriveError {
         detail: String,
     },
     #[error("{tool} is missing: install it with `apt-get install {package}`")]
-    MissingTool { tool: &'static str, package: &'static str },
+    MissingTool {
+        tool: &'static str,
+        package: &'static str,
+    },
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A lab to drive, by name, with the binaries that run it.
@@ -72,9 +78,10 @@ impl LabDriver {
     pub fn meshctl(&self, args: &[&str]) -> Result<Output, DriveError> {
         let paths = self.paths();
         let mut cmd = Command::new(self.bin_dir.join("meshctl"));
-        cmd.args(args)
-            .env("MESH_MANIFESTS", paths.manifests())
-            .env("MESH_CONTROLLER", format!("unix:{}", paths.status_socket().display()));
+        cmd.args(args).env("MESH_MANIFESTS", paths.manifests()).env(
+            "MESH_CONTROLLER",
+            format!("unix:{}", paths.status_socket().display()),
+        );
         run(cmd, "meshctl", COMMAND_LIMIT)
     }
 
@@ -96,8 +103,14 @@ impl LabDriver {
     pub fn apply(&self, yaml: &str) -> Result<String, DriveError> {
         static APPLIED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = APPLIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = self.paths().root().join(format!("applied-{}-{n}.yaml", std::process::id()));
-        std::fs::write(&path, yaml).map_err(|source| DriveError::Read { path: path.clone(), source })?;
+        let path = self
+            .paths()
+            .root()
+            .join(format!("applied-{}-{n}.yaml", std::process::id()));
+        std::fs::write(&path, yaml).map_err(|source| DriveError::Read {
+            path: path.clone(),
+            source,
+        })?;
         let result = self.meshctl_ok(&["apply", "-f", &path.display().to_string()]);
         let _ = std::fs::remove_file(&path);
         result
@@ -115,7 +128,15 @@ impl LabDriver {
         let testapp = self.bin_dir.join("testapp").display().to_string();
         self.exec(
             pod,
-            &[&testapp, "echo", target, "--message", message, "--timeout-ms", "3000"],
+            &[
+                &testapp,
+                "echo",
+                target,
+                "--message",
+                message,
+                "--timeout-ms",
+                "3000",
+            ],
         )
     }
 
@@ -132,7 +153,11 @@ impl LabDriver {
     pub fn pods(&self) -> Result<Vec<serde_json::Value>, DriveError> {
         let status = self.status()?;
         let pods = &status["pods"];
-        Ok(pods.as_array().or_else(|| pods["pods"].as_array()).cloned().unwrap_or_default())
+        Ok(pods
+            .as_array()
+            .or_else(|| pods["pods"].as_array())
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// The pid of a live lab process (`controller`, `ztunnel node-1`, `supervisor`).
@@ -167,8 +192,19 @@ impl LabDriver {
             "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\nHost: lab\\r\\n\\r\\n' >&3 && cat <&3"
         );
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node_netns(node), "bash", "-c", &script]);
-        Ok(text(&run(cmd, "a node's HTTP endpoint", Duration::from_secs(10))?))
+        cmd.args([
+            "netns",
+            "exec",
+            &self.node_netns(node),
+            "bash",
+            "-c",
+            &script,
+        ]);
+        Ok(text(&run(
+            cmd,
+            "a node's HTTP endpoint",
+            Duration::from_secs(10),
+        )?))
     }
 
     /// Waits until `check` succeeds, for at most `limit`.
@@ -200,7 +236,11 @@ impl LabDriver {
             let listed = self.pods().map_err(|e| e.to_string())?;
             for pod in pods {
                 let running = listed.iter().any(|p| {
-                    format!("{}/{}", p["namespace"].as_str().unwrap_or(""), p["name"].as_str().unwrap_or("")) == *pod
+                    format!(
+                        "{}/{}",
+                        p["namespace"].as_str().unwrap_or(""),
+                        p["name"].as_str().unwrap_or("")
+                    ) == *pod
                         && p["ip"].is_string()
                 });
                 if !running {
@@ -214,17 +254,21 @@ impl LabDriver {
     /// Waits until the controller reports every workload of `namespace` with `protocol`
     /// (`HBONE` or `TCP`).
     pub fn wait_for_protocol(&self, namespace: &str, protocol: &str) -> Result<(), DriveError> {
-        self.wait_until("workloads to change protocol", Duration::from_secs(30), || {
-            let out = self
-                .meshctl(&["get", "workloads", "-n", namespace, "-o", "json"])
-                .map_err(|e| e.to_string())?;
-            let rows: serde_json::Value =
-                serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {}", text(&out)))?;
-            let done = rows
-                .as_array()
-                .is_some_and(|r| !r.is_empty() && r.iter().all(|w| w["protocol"] == protocol));
-            done.then_some(()).ok_or_else(|| rows.to_string())
-        })
+        self.wait_until(
+            "workloads to change protocol",
+            Duration::from_secs(30),
+            || {
+                let out = self
+                    .meshctl(&["get", "workloads", "-n", namespace, "-o", "json"])
+                    .map_err(|e| e.to_string())?;
+                let rows: serde_json::Value = serde_json::from_slice(&out.stdout)
+                    .map_err(|e| format!("{e}: {}", text(&out)))?;
+                let done = rows
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty() && r.iter().all(|w| w["protocol"] == protocol));
+                done.then_some(()).ok_or_else(|| rows.to_string())
+            },
+        )
     }
 }
 
@@ -244,13 +288,29 @@ impl Capture {
                 tool: "tcpdump",
                 package: "tcpdump",
             })?;
-        let file = lab.paths().root().join(format!("capture-n{node}-{}.pcap", std::process::id()));
+        let file = lab
+            .paths()
+            .root()
+            .join(format!("capture-n{node}-{}.pcap", std::process::id()));
         let _ = std::fs::remove_file(&file);
         let child = Command::new("ip")
             // Immediate mode: otherwise packets wait in the kernel ring for up to a second and
             // a capture stopped sooner loses them. No filter: in these namespaces tcpdump's
             // compiled filter dropped every packet, while the unfiltered capture sees them all.
-            .args(["netns", "exec", &lab.node_netns(node), tcpdump, "--immediate-mode", "-i", "eth0", "-U", "-n", "-s", "0", "-w"])
+            .args([
+                "netns",
+                "exec",
+                &lab.node_netns(node),
+                tcpdump,
+                "--immediate-mode",
+                "-i",
+                "eth0",
+                "-U",
+                "-n",
+                "-s",
+                "0",
+                "-w",
+            ])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -301,9 +361,13 @@ pub fn tcp_segments_with_port(pcap: &[u8], port: u16) -> usize {
     let mut offset = GLOBAL_HEADER;
     let mut count = 0;
     while offset + RECORD_HEADER <= pcap.len() {
-        let captured = u32::from_le_bytes(pcap[offset + 8..offset + 12].try_into().unwrap_or_default()) as usize;
+        let captured =
+            u32::from_le_bytes(pcap[offset + 8..offset + 12].try_into().unwrap_or_default())
+                as usize;
         let start = offset + RECORD_HEADER;
-        let Some(frame) = pcap.get(start..start + captured) else { break };
+        let Some(frame) = pcap.get(start..start + captured) else {
+            break;
+        };
         offset = start + captured;
         // Ethernet II carrying IPv4 carrying TCP.
         if frame.len() < 14 + 20 + 4 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 6 {
@@ -323,7 +387,9 @@ pub fn tcp_segments_with_port(pcap: &[u8], port: u16) -> usize {
 
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
 }
 
 /// stdout and stderr of a finished command.
@@ -348,10 +414,12 @@ fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Output, DriveErr
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().map_err(|source| DriveError::Spawn {
-                program: what.to_string(),
-                source,
-            });
+            return child
+                .wait_with_output()
+                .map_err(|source| DriveError::Spawn {
+                    program: what.to_string(),
+                    source,
+                });
         }
         if Instant::now() >= deadline {
             let _ = child.kill();

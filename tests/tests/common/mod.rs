@@ -12,9 +12,9 @@ use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use mesh_lab::drive::{self, LabDriver};
 #[allow(unused_imports)]
 pub use mesh_lab::drive::{contains, tcp_segments_with_port, text};
-use mesh_lab::drive::{self, LabDriver};
 
 /// The directory holding the workspace binaries (target/debug when tests run in debug).
 pub fn bin_dir() -> PathBuf {
@@ -23,7 +23,10 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("the test knows its own path");
     // target/debug/deps/<test> -> target/debug
-    exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .to_path_buf()
 }
 
 fn require_prerequisites() {
@@ -44,7 +47,11 @@ fn require_prerequisites() {
 /// A unique, short lab name per test (namespace and interface names derive from it).
 fn unique_name(tag: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("{tag}{}x{}", std::process::id() % 10000, NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{tag}{}x{}",
+        std::process::id() % 10000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A running lab; `down` when dropped.
@@ -82,12 +89,16 @@ impl Lab {
 
     /// Runs a command inside a pod's namespace.
     pub fn exec(&self, pod: &str, command: &[&str]) -> Output {
-        self.driver.exec(pod, command).unwrap_or_else(|e| panic!("{e}"))
+        self.driver
+            .exec(pod, command)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Sends `message` through a TCP echo at `target` from `pod`.
     pub fn echo(&self, pod: &str, target: &str, message: &str) -> Output {
-        self.driver.echo(pod, target, message).unwrap_or_else(|e| panic!("{e}"))
+        self.driver
+            .echo(pod, target, message)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The lab's state directory.
@@ -110,17 +121,26 @@ impl Lab {
 
     /// The ztunnel log of a node.
     pub fn ztunnel_log(&self, node: &str) -> String {
-        self.driver.log("ztunnel", Some(node)).unwrap_or_else(|e| panic!("{e}"))
+        self.driver
+            .log("ztunnel", Some(node))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// GETs a path from an HTTP endpoint on a node's loopback (metrics, admin).
     pub fn node_http(&self, node: u8, port: u16, path: &str) -> String {
-        self.driver.node_http(node, port, path).unwrap_or_else(|e| panic!("{e}"))
+        self.driver
+            .node_http(node, port, path)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Waits (bounded) until `check` returns Ok; panics with the last detail and the
     /// supervisor's log.
-    pub fn wait_until(&self, what: &str, timeout: Duration, check: impl FnMut() -> Result<(), String>) {
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl FnMut() -> Result<(), String>,
+    ) {
         if let Err(e) = self.driver.wait_until(what, timeout, check) {
             let supervisor = self.driver.log("supervisor", None).unwrap_or_default();
             panic!("{e}\n--- supervisor ---\n{supervisor}");
@@ -129,12 +149,16 @@ impl Lab {
 
     /// Waits until every listed pod runs with an IP.
     pub fn wait_for_pods(&self, pods: &[&str]) {
-        self.driver.wait_for_pods(pods).unwrap_or_else(|e| panic!("{e}"));
+        self.driver
+            .wait_for_pods(pods)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Waits until the controller reports every workload of `namespace` with `protocol`.
     pub fn wait_for_protocol(&self, namespace: &str, protocol: &str) {
-        self.driver.wait_for_protocol(namespace, protocol).unwrap_or_else(|e| panic!("{e}"));
+        self.driver
+            .wait_for_protocol(namespace, protocol)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Starts capturing node `node`'s link.

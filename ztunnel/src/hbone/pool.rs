@@ -86,8 +86,11 @@ enum Checkout {
 /// node proxy supplies one that opens the socket inside the pod's network namespace, so the
 /// tunnel leaves the node with the pod's own address.
 pub type Dialer = Arc<
-    dyn Fn(SocketAddr) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send>>
-        + Send
+    dyn Fn(
+            SocketAddr,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send>,
+        > + Send
         + Sync,
 >;
 
@@ -107,7 +110,11 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(settings: ClientSettings, metrics: ClientMetrics, dialer: Dialer) -> Arc<Self> {
+    pub(crate) fn new(
+        settings: ClientSettings,
+        metrics: ClientMetrics,
+        dialer: Dialer,
+    ) -> Arc<Self> {
         Arc::new(Self {
             settings,
             metrics,
@@ -285,12 +292,10 @@ async fn dial(
                     source: Arc::new(e),
                 }
             })?;
-        let tcp = dialer(dst)
-            .await
-            .map_err(|e| HboneError::TcpConnect {
-                dst,
-                source: Arc::new(e),
-            })?;
+        let tcp = dialer(dst).await.map_err(|e| HboneError::TcpConnect {
+            dst,
+            source: Arc::new(e),
+        })?;
         // Tunnels carry interactive traffic; Nagle would delay small frames.
         let _ = tcp.set_nodelay(true);
         // No SNI is sent; the name only satisfies the API. The verifier ignores it.

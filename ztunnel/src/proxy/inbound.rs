@@ -49,7 +49,10 @@ impl ConnectHandler for InboundHandler {
         }
         let snapshot = self.ctx.snapshot();
         let Some(workload) = snapshot.workload_by_uid(self.pod.uid.as_str()) else {
-            return self.refuse("unknown_target", Rejection::Unavailable("the workload is not known".into()));
+            return self.refuse(
+                "unknown_target",
+                Rejection::Unavailable("the workload is not known".into()),
+            );
         };
         let connection = Connection {
             src_identity: Some(request.peer_identity.clone()),
@@ -66,12 +69,18 @@ impl ConnectHandler for InboundHandler {
             info!(src.identity = %request.peer_identity, src.addr = %request.peer_addr, dst.addr = %target, reason, "connection denied by policy");
             return self.refuse("policy_denied", Rejection::Denied(reason.into()));
         }
-        let tracked = self.ctx.tracker.track(self.pod.uid.clone(), connection, &self.pod.released);
+        let tracked = self
+            .ctx
+            .tracker
+            .track(self.pod.uid.clone(), connection, &self.pod.released);
         let app = match connect(&self.pod.netns, target, Some(PROXY_MARK)).await {
             Ok(app) => app,
             Err(error) => {
                 warn!(dst.addr = %target, %error, "cannot reach the app");
-                return self.refuse("app_unreachable", Rejection::Unavailable(format!("cannot reach {target}").into()));
+                return self.refuse(
+                    "app_unreachable",
+                    Rejection::Unavailable(format!("cannot reach {target}").into()),
+                );
             }
         };
         let _ = app.set_nodelay(true);
@@ -120,7 +129,11 @@ impl<S> Drop for AppConnection<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AppConnection<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.received += (buf.filled().len() - before) as u64;
@@ -129,7 +142,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for AppConnection<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for AppConnection<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(n)) = result {
             self.sent += n as u64;

@@ -65,9 +65,21 @@ impl ConnectionMetrics {
     /// Creates the counters and registers them under Istio's names.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        registry.register("istio_tcp_connections_opened", "TCP connections opened", m.opened.clone());
-        registry.register("istio_tcp_connections_closed", "TCP connections closed", m.closed.clone());
-        registry.register("istio_tcp_sent_bytes", "Bytes sent to the destination on TCP connections", m.sent.clone());
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            m.opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            m.closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent to the destination on TCP connections",
+            m.sent.clone(),
+        );
         registry.register(
             "istio_tcp_received_bytes",
             "Bytes received from the destination on TCP connections",
@@ -83,12 +95,16 @@ impl ConnectionMetrics {
 
     /// Counts a connection that failed or was refused before any byte flowed.
     pub fn failure(&self, direction: &'static str, reason: &'static str) {
-        self.failures.get_or_create(&FailureLabels { direction, reason }).inc();
+        self.failures
+            .get_or_create(&FailureLabels { direction, reason })
+            .inc();
     }
 
     /// How many failures of this kind were counted (for tests and the demo).
     pub fn failures(&self, direction: &'static str, reason: &'static str) -> u64 {
-        self.failures.get_or_create(&FailureLabels { direction, reason }).get()
+        self.failures
+            .get_or_create(&FailureLabels { direction, reason })
+            .get()
     }
 }
 
@@ -119,7 +135,13 @@ pub struct ConnectionGuard {
 
 impl ConnectionGuard {
     /// Counts the connection as opened.
-    pub fn open(metrics: &ConnectionMetrics, reporter: Reporter, peers: &Peers, src: String, dst: String) -> Self {
+    pub fn open(
+        metrics: &ConnectionMetrics,
+        reporter: Reporter,
+        peers: &Peers,
+        src: String,
+        dst: String,
+    ) -> Self {
         let labels = labels(reporter, peers);
         metrics.opened.get_or_create(&labels).inc();
         Self {
@@ -153,7 +175,10 @@ impl Drop for ConnectionGuard {
         let received = self.received.load(Ordering::Relaxed);
         self.metrics.closed.get_or_create(&self.labels).inc();
         self.metrics.sent.get_or_create(&self.labels).inc_by(sent);
-        self.metrics.received.get_or_create(&self.labels).inc_by(received);
+        self.metrics
+            .received
+            .get_or_create(&self.labels)
+            .inc_by(received);
         let l = &self.labels;
         info!(
             target: "access",
@@ -194,12 +219,18 @@ fn labels(reporter: Reporter, peers: &Peers) -> TcpLabels {
         },
         source_workload: unknown(src.map(|w| &w.workload_name)),
         source_workload_namespace: unknown(src.map(|w| &w.namespace)),
-        source_principal: peers.source_principal.as_deref().map_or_else(|| Arc::from("unknown"), Arc::from),
+        source_principal: peers
+            .source_principal
+            .as_deref()
+            .map_or_else(|| Arc::from("unknown"), Arc::from),
         source_app: unknown(src.map(|w| &w.canonical_name)),
         source_version: unknown(src.map(|w| &w.canonical_revision)),
         destination_workload: unknown(dst.map(|w| &w.workload_name)),
         destination_workload_namespace: unknown(dst.map(|w| &w.namespace)),
-        destination_principal: dst.map_or_else(|| Arc::from("unknown"), |w| Arc::from(w.identity.to_string())),
+        destination_principal: dst.map_or_else(
+            || Arc::from("unknown"),
+            |w| Arc::from(w.identity.to_string()),
+        ),
         destination_app: unknown(dst.map(|w| &w.canonical_name)),
         destination_version: unknown(dst.map(|w| &w.canonical_revision)),
         destination_service: unknown(svc.map(|s| &s.hostname)),
@@ -207,6 +238,10 @@ fn labels(reporter: Reporter, peers: &Peers) -> TcpLabels {
         destination_service_namespace: unknown(svc.map(|s| &s.namespace)),
         request_protocol: "tcp",
         response_flags: "-",
-        connection_security_policy: if peers.mutual_tls { "mutual_tls" } else { "unknown" },
+        connection_security_policy: if peers.mutual_tls {
+            "mutual_tls"
+        } else {
+            "unknown"
+        },
     }
 }

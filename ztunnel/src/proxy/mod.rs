@@ -48,7 +48,8 @@ pub const COPY_BUFFER: usize = 16 * 1024;
 /// certificates come from (the controller's CA in production, a fake in tests).
 pub struct BoxedSource(Box<dyn ErasedSource>);
 
-type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<WorkloadCertificate, FetchError>> + Send + 'a>>;
+type FetchFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<WorkloadCertificate, FetchError>> + Send + 'a>>;
 
 trait ErasedSource: Send + Sync + 'static {
     fn fetch_boxed(&self, identity: SpiffeId) -> FetchFuture<'_>;
@@ -68,7 +69,10 @@ impl BoxedSource {
 }
 
 impl CertificateSource for BoxedSource {
-    fn fetch(&self, identity: &SpiffeId) -> impl Future<Output = Result<WorkloadCertificate, FetchError>> + Send {
+    fn fetch(
+        &self,
+        identity: &SpiffeId,
+    ) -> impl Future<Output = Result<WorkloadCertificate, FetchError>> + Send {
         self.0.fetch_boxed(identity.clone())
     }
 }

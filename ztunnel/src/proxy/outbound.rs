@@ -19,7 +19,12 @@ use crate::inpod::{PROXY_MARK, connect, original_destination};
 const DIRECTION: &str = "outbound";
 
 /// Accepts the pod's outbound connections until `stop`.
-pub async fn serve(ctx: Arc<ProxyContext>, pod: Arc<PodCapture>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    ctx: Arc<ProxyContext>,
+    pod: Arc<PodCapture>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut id: u64 = 0;
     loop {
         tokio::select! {
@@ -39,7 +44,12 @@ pub async fn serve(ctx: Arc<ProxyContext>, pod: Arc<PodCapture>, listener: TcpLi
     }
 }
 
-async fn handle(ctx: Arc<ProxyContext>, pod: Arc<PodCapture>, mut downstream: TcpStream, peer: SocketAddr) {
+async fn handle(
+    ctx: Arc<ProxyContext>,
+    pod: Arc<PodCapture>,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+) {
     let _ = downstream.set_nodelay(true);
     let dst = match original_destination(&downstream) {
         Ok(dst) => dst,
@@ -68,7 +78,11 @@ async fn handle(ctx: Arc<ProxyContext>, pod: Arc<PodCapture>, mut downstream: Tc
     let work = async {
         match route {
             Route::Hbone(hbone) => tunnel(&ctx, &pod, source, &mut downstream, peer, hbone).await,
-            Route::Passthrough { dst, workload, service } => {
+            Route::Passthrough {
+                dst,
+                workload,
+                service,
+            } => {
                 let peers = Peers {
                     source: Some(source),
                     source_principal: Some(pod.identity.to_string()),
@@ -102,7 +116,13 @@ async fn tunnel(
         service: route.service.clone(),
         mutual_tls: true,
     };
-    let mut guard = ConnectionGuard::open(&ctx.metrics, Reporter::Source, &peers, peer.to_string(), route.authority.to_string());
+    let mut guard = ConnectionGuard::open(
+        &ctx.metrics,
+        Reporter::Source,
+        &peers,
+        peer.to_string(),
+        route.authority.to_string(),
+    );
     let cert = match ctx.certs.fetch_or_wait(&pod.identity).await {
         Ok(cert) => cert,
         Err(error) => {
@@ -147,7 +167,13 @@ async fn passthrough(
     dst: SocketAddr,
     peers: Peers,
 ) {
-    let mut guard = ConnectionGuard::open(&ctx.metrics, Reporter::Source, &peers, peer.to_string(), dst.to_string());
+    let mut guard = ConnectionGuard::open(
+        &ctx.metrics,
+        Reporter::Source,
+        &peers,
+        peer.to_string(),
+        dst.to_string(),
+    );
     let mut upstream = match connect(&pod.netns, dst, Some(PROXY_MARK)).await {
         Ok(stream) => stream,
         Err(error) => {

@@ -20,7 +20,12 @@ use crate::rbac::{self, Connection};
 const DIRECTION: &str = "inbound_plaintext";
 
 /// Accepts the pod's plaintext inbound connections until `stop`.
-pub async fn serve(ctx: Arc<ProxyContext>, pod: Arc<PodCapture>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    ctx: Arc<ProxyContext>,
+    pod: Arc<PodCapture>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut id: u64 = 0;
     loop {
         tokio::select! {
@@ -40,7 +45,12 @@ pub async fn serve(ctx: Arc<ProxyContext>, pod: Arc<PodCapture>, listener: TcpLi
     }
 }
 
-async fn handle(ctx: Arc<ProxyContext>, pod: Arc<PodCapture>, mut downstream: TcpStream, peer: SocketAddr) {
+async fn handle(
+    ctx: Arc<ProxyContext>,
+    pod: Arc<PodCapture>,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+) {
     let dst = match original_destination(&downstream) {
         Ok(dst) => dst,
         Err(error) => {
@@ -66,7 +76,9 @@ async fn handle(ctx: Arc<ProxyContext>, pod: Arc<PodCapture>, mut downstream: Tc
         info!(src.addr = %peer, dst.addr = %dst, reason = %decision.reason, "plaintext connection denied by policy; reset");
         return reset(downstream);
     }
-    let tracked = ctx.tracker.track(pod.uid.clone(), connection, &pod.released);
+    let tracked = ctx
+        .tracker
+        .track(pod.uid.clone(), connection, &pod.released);
     let app = match connect(&pod.netns, dst, Some(PROXY_MARK)).await {
         Ok(app) => app,
         Err(error) => {
@@ -83,7 +95,13 @@ async fn handle(ctx: Arc<ProxyContext>, pod: Arc<PodCapture>, mut downstream: Tc
         mutual_tls: false,
     };
     drop(snapshot);
-    let guard = ConnectionGuard::open(&ctx.metrics, Reporter::Destination, &peers, peer.to_string(), dst.to_string());
+    let guard = ConnectionGuard::open(
+        &ctx.metrics,
+        Reporter::Destination,
+        &peers,
+        peer.to_string(),
+        dst.to_string(),
+    );
     let token = tracked.cancel.clone();
     let mut app = AppConnection {
         inner: Revocable::new(app, token),

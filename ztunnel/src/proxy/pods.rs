@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ProxyContext;
-use crate::hbone::{ClientSettings, Dialer, HboneClient, HboneServer, ServerConfigSelector, ServerSettings};
+use crate::hbone::{
+    ClientSettings, Dialer, HboneClient, HboneServer, ServerConfigSelector, ServerSettings,
+};
 use crate::identity::SpiffeId;
 use crate::inpod::{
     EnrollmentEvent, HBONE_PORT, INBOUND_CAPTURE_PORT, Netns, NetnsError, OUTBOUND_CAPTURE_PORT,
@@ -116,7 +118,11 @@ impl PodManager {
 
     /// Serves enrollment events and discovery changes until `shutdown`, then releases every
     /// pod (listeners first; connections get the drain deadline).
-    pub async fn run(mut self, mut events: mpsc::Receiver<EnrollmentEvent>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<EnrollmentEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut discovery = self.ctx.discovery.clone();
         loop {
             tokio::select! {
@@ -165,7 +171,12 @@ impl PodManager {
             }
             EnrollmentEvent::Snapshot { pods, reply } => {
                 let wanted: HashMap<PodUid, Netns> = pods.into_iter().collect();
-                let stale: Vec<PodUid> = self.pods.keys().filter(|u| !wanted.contains_key(*u)).cloned().collect();
+                let stale: Vec<PodUid> = self
+                    .pods
+                    .keys()
+                    .filter(|u| !wanted.contains_key(*u))
+                    .cloned()
+                    .collect();
                 for uid in stale {
                     self.forget(&uid).await;
                 }
@@ -184,7 +195,11 @@ impl PodManager {
                         failures.push(format!("{uid}: {e}"));
                     }
                 }
-                reply.send(if failures.is_empty() { Ok(()) } else { Err(failures.join("; ")) });
+                reply.send(if failures.is_empty() {
+                    Ok(())
+                } else {
+                    Err(failures.join("; "))
+                });
             }
         }
     }
@@ -199,7 +214,11 @@ impl PodManager {
     }
 
     /// Captures or releases one announced pod to match discovery.
-    async fn reconcile(&mut self, uid: &PodUid, snapshot: &DiscoverySnapshot) -> Result<(), String> {
+    async fn reconcile(
+        &mut self,
+        uid: &PodUid,
+        snapshot: &DiscoverySnapshot,
+    ) -> Result<(), String> {
         let workload = snapshot
             .workload_by_uid(uid.as_str())
             .filter(|w| w.tunnel == Tunnel::Hbone && *w.node == *self.ctx.node);
@@ -207,7 +226,11 @@ impl PodManager {
             return Ok(());
         };
         match (&pod.capture, workload) {
-            (Some(capture), Some(w)) if capture.pod.identity == w.identity && w.addresses.contains(&capture.pod.ip) => Ok(()),
+            (Some(capture), Some(w))
+                if capture.pod.identity == w.identity && w.addresses.contains(&capture.pod.ip) =>
+            {
+                Ok(())
+            }
             (Some(_), Some(w)) => {
                 let capture = pod.capture.take().expect("checked above");
                 release(&self.ctx, capture, false).await;
@@ -259,12 +282,20 @@ impl PodManager {
     }
 
     async fn drain(&mut self) {
-        let captures: Vec<Capture> = self.pods.values_mut().filter_map(|p| p.capture.take()).collect();
+        let captures: Vec<Capture> = self
+            .pods
+            .values_mut()
+            .filter_map(|p| p.capture.take())
+            .collect();
         for capture in &captures {
             let _ = capture.stop.send(true);
         }
         let deadline = self.ctx.settings.drain_deadline;
-        info!(pods = captures.len(), deadline_s = deadline.as_secs(), "draining: listeners closed");
+        info!(
+            pods = captures.len(),
+            deadline_s = deadline.as_secs(),
+            "draining: listeners closed"
+        );
         let _ = tokio::time::timeout(deadline, async {
             while !self.ctx.tracker.is_empty() {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -284,7 +315,10 @@ async fn start_capture(
     netns: Arc<Netns>,
     workload: &WorkloadInfo,
 ) -> Result<Capture, CaptureError> {
-    let ip = *workload.addresses.first().ok_or_else(|| CaptureError::NoAddress(uid.clone()))?;
+    let ip = *workload
+        .addresses
+        .first()
+        .ok_or_else(|| CaptureError::NoAddress(uid.clone()))?;
     let any = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
     let outbound = bind_listener(&netns, any(OUTBOUND_CAPTURE_PORT))?;
     let plaintext = bind_listener(&netns, any(INBOUND_CAPTURE_PORT))?;
@@ -298,14 +332,24 @@ async fn start_capture(
         netns: netns.clone(),
         ip,
         identity: workload.identity.clone(),
-        hbone: HboneClient::with_dialer(ClientSettings::default(), ctx.client_metrics.clone(), pod_dialer(netns)),
+        hbone: HboneClient::with_dialer(
+            ClientSettings::default(),
+            ctx.client_metrics.clone(),
+            pod_dialer(netns),
+        ),
         released: CancellationToken::new(),
     });
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let span = info_span!("pod", uid = %uid);
-    tasks.spawn(super::outbound::serve(ctx.clone(), pod.clone(), outbound, stopped.clone()).instrument(span.clone()));
-    tasks.spawn(super::plaintext::serve(ctx.clone(), pod.clone(), plaintext, stopped.clone()).instrument(span.clone()));
+    tasks.spawn(
+        super::outbound::serve(ctx.clone(), pod.clone(), outbound, stopped.clone())
+            .instrument(span.clone()),
+    );
+    tasks.spawn(
+        super::plaintext::serve(ctx.clone(), pod.clone(), plaintext, stopped.clone())
+            .instrument(span.clone()),
+    );
     let server = HboneServer::new(
         super::inbound::InboundHandler::new(ctx.clone(), pod.clone()),
         config_selector(ctx, &pod),
@@ -341,9 +385,7 @@ async fn release(ctx: &ProxyContext, mut capture: Capture, remove_rules: bool) {
     })
     .await;
     capture.tasks.abort_all();
-    if remove_rules
-        && let Err(error) = rules::remove(&capture.pod.netns).await
-    {
+    if remove_rules && let Err(error) = rules::remove(&capture.pod.netns).await {
         warn!(pod = %capture.pod.uid, %error, "cannot remove the redirection rules");
     }
     info!(pod = %capture.pod.uid, "pod released");
@@ -365,13 +407,18 @@ fn pod_dialer(netns: Arc<Netns>) -> Dialer {
 /// The TLS configuration of the pod's HBONE server: its current certificate, rebuilt only
 /// when the certificate rotates.
 fn config_selector(ctx: &Arc<ProxyContext>, pod: &Arc<PodCapture>) -> ServerConfigSelector {
-    type Cached = Option<(Arc<crate::tls::WorkloadCertificate>, Arc<rustls::ServerConfig>)>;
+    type Cached = Option<(
+        Arc<crate::tls::WorkloadCertificate>,
+        Arc<rustls::ServerConfig>,
+    )>;
     let cache: Arc<std::sync::Mutex<Cached>> = Arc::default();
     let ctx = ctx.clone();
     let identity = pod.identity.clone();
     Arc::new(move |_local| {
         let cert = ctx.certs.current(&identity)?;
-        let mut cached = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cached = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((held, config)) = cached.as_ref()
             && Arc::ptr_eq(held, &cert)
         {

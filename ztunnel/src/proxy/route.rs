@@ -75,7 +75,11 @@ impl RouteError {
 }
 
 /// Routes a connection from `source` to `dst`.
-pub fn route(snapshot: &DiscoverySnapshot, source: &WorkloadInfo, dst: SocketAddr) -> Result<Route, RouteError> {
+pub fn route(
+    snapshot: &DiscoverySnapshot,
+    source: &WorkloadInfo,
+    dst: SocketAddr,
+) -> Result<Route, RouteError> {
     if let Some(service) = snapshot.service_by_vip(dst.ip()) {
         return route_service(snapshot, source, service, dst);
     }
@@ -98,7 +102,13 @@ fn route_service(
     if let Some(waypoint) = &service.waypoint
         && !is_waypoint_itself(snapshot, source, waypoint)
     {
-        return via_waypoint(snapshot, waypoint, dst, Some(service.clone()), &service.hostname);
+        return via_waypoint(
+            snapshot,
+            waypoint,
+            dst,
+            Some(service.clone()),
+            &service.hostname,
+        );
     }
     let port = dst.port();
     if !service.ports.contains_key(&port) {
@@ -107,12 +117,13 @@ fn route_service(
             port,
         });
     }
-    let endpoint = pick_endpoint(snapshot.endpoints(&service), &service, source, port).ok_or_else(|| {
-        RouteError::NoHealthyEndpoint {
-            service: service.hostname.clone(),
-            port,
-        }
-    })?;
+    let endpoint =
+        pick_endpoint(snapshot.endpoints(&service), &service, source, port).ok_or_else(|| {
+            RouteError::NoHealthyEndpoint {
+                service: service.hostname.clone(),
+                port,
+            }
+        })?;
     let (workload, target) = endpoint;
     let Some(ip) = workload.addresses.first().copied() else {
         return Err(RouteError::NoHealthyEndpoint {
@@ -140,7 +151,11 @@ fn route_workload(
     Ok(direct(workload, dst, service))
 }
 
-fn direct(workload: Arc<WorkloadInfo>, dst: SocketAddr, service: Option<Arc<ServiceInfo>>) -> Route {
+fn direct(
+    workload: Arc<WorkloadInfo>,
+    dst: SocketAddr,
+    service: Option<Arc<ServiceInfo>>,
+) -> Route {
     match workload.tunnel {
         Tunnel::Hbone => Route::Hbone(HboneRoute {
             server: SocketAddr::new(dst.ip(), HBONE_PORT),
@@ -168,7 +183,9 @@ fn via_waypoint(
     let no_waypoint = || RouteError::NoWaypoint {
         target: target.to_string(),
     };
-    let resolved = snapshot.resolve_waypoint(waypoint).ok_or_else(no_waypoint)?;
+    let resolved = snapshot
+        .resolve_waypoint(waypoint)
+        .ok_or_else(no_waypoint)?;
     let healthy: Vec<&Arc<WorkloadInfo>> = resolved
         .instances
         .iter()
@@ -187,7 +204,11 @@ fn via_waypoint(
 }
 
 /// Traffic a waypoint sends on to its backends must not be sent back to the waypoint.
-fn is_waypoint_itself(snapshot: &DiscoverySnapshot, source: &WorkloadInfo, waypoint: &GatewayRef) -> bool {
+fn is_waypoint_itself(
+    snapshot: &DiscoverySnapshot,
+    source: &WorkloadInfo,
+    waypoint: &GatewayRef,
+) -> bool {
     snapshot
         .resolve_waypoint(waypoint)
         .is_some_and(|target| target.instances.iter().any(|w| w.uid == source.uid))
@@ -219,19 +240,36 @@ fn prefer_locality<'a>(
     service: &ServiceInfo,
     source: &WorkloadInfo,
 ) -> Option<Vec<(&'a Endpoint, u16)>> {
-    let Some(lb) = service.load_balancing.as_ref().filter(|lb| !lb.routing_preference.is_empty()) else {
+    let Some(lb) = service
+        .load_balancing
+        .as_ref()
+        .filter(|lb| !lb.routing_preference.is_empty())
+    else {
         return (!candidates.is_empty()).then_some(candidates);
     };
     let scopes = &lb.routing_preference;
-    let shared = |w: &WorkloadInfo| scopes.iter().take_while(|scope| same_scope(**scope, w, source)).count();
+    let shared = |w: &WorkloadInfo| {
+        scopes
+            .iter()
+            .take_while(|scope| same_scope(**scope, w, source))
+            .count()
+    };
     match lb.mode {
         LoadBalancingMode::Strict => {
-            let all: Vec<_> = candidates.into_iter().filter(|(e, _)| shared(&e.workload) == scopes.len()).collect();
+            let all: Vec<_> = candidates
+                .into_iter()
+                .filter(|(e, _)| shared(&e.workload) == scopes.len())
+                .collect();
             (!all.is_empty()).then_some(all)
         }
         _ => {
             let best = candidates.iter().map(|(e, _)| shared(&e.workload)).max()?;
-            Some(candidates.into_iter().filter(|(e, _)| shared(&e.workload) == best).collect())
+            Some(
+                candidates
+                    .into_iter()
+                    .filter(|(e, _)| shared(&e.workload) == best)
+                    .collect(),
+            )
         }
     }
 }

@@ -47,7 +47,12 @@ impl Drop for TrackedConnection {
 impl ConnectionTracker {
     /// Tracks a connection admitted to `pod` with these facts. Its token is a child of
     /// `parent` (the pod's): releasing the pod cancels it too.
-    pub fn track(&self, pod: PodUid, connection: Connection, parent: &CancellationToken) -> TrackedConnection {
+    pub fn track(
+        &self,
+        pod: PodUid,
+        connection: Connection,
+        parent: &CancellationToken,
+    ) -> TrackedConnection {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let cancel = parent.child_token();
         self.lock().insert(
@@ -75,8 +80,12 @@ impl ConnectionTracker {
             }
             let verdict = match snapshot.workload_by_uid(tracked.pod.as_str()) {
                 Some(workload) => {
-                    let decision = rbac::evaluate(snapshot.policies_for(&workload), &tracked.connection);
-                    decision.allowed.then_some(()).ok_or_else(|| decision.reason.to_string())
+                    let decision =
+                        rbac::evaluate(snapshot.policies_for(&workload), &tracked.connection);
+                    decision
+                        .allowed
+                        .then_some(())
+                        .ok_or_else(|| decision.reason.to_string())
                 }
                 None => Err("the destination workload is gone".to_string()),
             };
@@ -148,14 +157,22 @@ impl<S> Revocable<S> {
 use std::future::Future;
 
 impl<S: AsyncRead + Unpin> AsyncRead for Revocable<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         self.check(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Revocable<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.check(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

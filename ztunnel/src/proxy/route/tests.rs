@@ -20,13 +20,24 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn pod(name: &str, ip: &str, hbone: bool, node: &str, services: &[(&str, u32, u32)]) -> wl::Workload {
+fn pod(
+    name: &str,
+    ip: &str,
+    hbone: bool,
+    node: &str,
+    services: &[(&str, u32, u32)],
+) -> wl::Workload {
     wl::Workload {
         uid: format!("Kubernetes//Pod/shop/{name}"),
         name: name.into(),
         namespace: "shop".into(),
         addresses: vec![bytes(ip)],
-        tunnel_protocol: if hbone { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None }.into(),
+        tunnel_protocol: if hbone {
+            wl::TunnelProtocol::Hbone
+        } else {
+            wl::TunnelProtocol::None
+        }
+        .into(),
         service_account: name.into(),
         node: node.into(),
         services: services
@@ -35,7 +46,10 @@ fn pod(name: &str, ip: &str, hbone: bool, node: &str, services: &[(&str, u32, u3
                 (
                     key.to_string(),
                     wl::PortList {
-                        ports: vec![wl::Port { service_port: *port, target_port: *target }],
+                        ports: vec![wl::Port {
+                            service_port: *port,
+                            target_port: *target,
+                        }],
                     },
                 )
             })
@@ -49,20 +63,31 @@ fn service(name: &str, vip: &str, port: u32, target: u32, waypoint: Option<&str>
         name: name.into(),
         namespace: "shop".into(),
         hostname: format!("{name}.shop.svc.cluster.local"),
-        addresses: vec![wl::NetworkAddress { network: String::new(), address: bytes(vip) }],
-        ports: vec![wl::Port { service_port: port, target_port: target }],
+        addresses: vec![wl::NetworkAddress {
+            network: String::new(),
+            address: bytes(vip),
+        }],
+        ports: vec![wl::Port {
+            service_port: port,
+            target_port: target,
+        }],
         waypoint: waypoint.map(|w| wl::GatewayAddress {
-            destination: Some(gateway_address::Destination::Hostname(wl::NamespacedHostname {
-                namespace: "shop".into(),
-                hostname: format!("{w}.shop.svc.cluster.local"),
-            })),
+            destination: Some(gateway_address::Destination::Hostname(
+                wl::NamespacedHostname {
+                    namespace: "shop".into(),
+                    hostname: format!("{w}.shop.svc.cluster.local"),
+                },
+            )),
             hbone_mtls_port: 15008,
         }),
         ..Default::default()
     }
 }
 
-fn snapshot(workloads: Vec<wl::Workload>, services: Vec<wl::Service>) -> std::sync::Arc<DiscoverySnapshot> {
+fn snapshot(
+    workloads: Vec<wl::Workload>,
+    services: Vec<wl::Service>,
+) -> std::sync::Arc<DiscoverySnapshot> {
     let mut store = DiscoveryStore::new(MeshDefaults::default());
     let encode = |name: String, body: address::Type| NamedResource {
         name,
@@ -77,7 +102,13 @@ fn snapshot(workloads: Vec<wl::Workload>, services: Vec<wl::Service>) -> std::sy
             .into_iter()
             .map(|s| encode(format!("shop/{}", s.hostname), address::Type::Service(s))),
     );
-    let rejected = store.apply(mesh_proto::ADDRESS_TYPE_URL, ResourceUpdate { resources, removed: vec![] });
+    let rejected = store.apply(
+        mesh_proto::ADDRESS_TYPE_URL,
+        ResourceUpdate {
+            resources,
+            removed: vec![],
+        },
+    );
     assert!(rejected.is_empty(), "{rejected:?}");
     store.snapshot()
 }
@@ -92,7 +123,10 @@ fn client() -> wl::Workload {
 #[test]
 fn service_vip_goes_over_hbone_to_an_endpoint_with_its_target_port() {
     let snap = snapshot(
-        vec![client(), pod("echo-0", "10.244.2.5", true, "node-2", &[(ECHO, 80, 8080)])],
+        vec![
+            client(),
+            pod("echo-0", "10.244.2.5", true, "node-2", &[(ECHO, 80, 8080)]),
+        ],
         vec![service("echo", "10.96.0.10", 80, 8080, None)],
     );
     let source = snap.workload_by_ip("10.244.1.2".parse().unwrap()).unwrap();
@@ -101,7 +135,10 @@ fn service_vip_goes_over_hbone_to_an_endpoint_with_its_target_port() {
     };
     assert_eq!(r.server, addr("10.244.2.5:15008"));
     assert_eq!(r.authority, addr("10.244.2.5:8080"));
-    assert_eq!(r.expected[0].to_string(), "spiffe://cluster.local/ns/shop/sa/echo-0");
+    assert_eq!(
+        r.expected[0].to_string(),
+        "spiffe://cluster.local/ns/shop/sa/echo-0"
+    );
     assert!(!r.via_waypoint);
     assert_eq!(r.service.unwrap().name.as_ref(), "echo");
 }
@@ -109,7 +146,10 @@ fn service_vip_goes_over_hbone_to_an_endpoint_with_its_target_port() {
 #[test]
 fn endpoints_outside_the_mesh_get_plain_tcp() {
     let snap = snapshot(
-        vec![client(), pod("legacy", "10.244.2.6", false, "node-2", &[(ECHO, 80, 8080)])],
+        vec![
+            client(),
+            pod("legacy", "10.244.2.6", false, "node-2", &[(ECHO, 80, 8080)]),
+        ],
         vec![service("echo", "10.96.0.10", 80, 8080, None)],
     );
     let source = snap.workload_by_ip("10.244.1.2".parse().unwrap()).unwrap();
@@ -124,21 +164,34 @@ fn endpoints_outside_the_mesh_get_plain_tcp() {
 
 #[test]
 fn a_pod_ip_goes_straight_to_the_pod_and_unknown_addresses_pass_through() {
-    let snap = snapshot(vec![client(), pod("echo-0", "10.244.2.5", true, "node-2", &[])], vec![]);
+    let snap = snapshot(
+        vec![client(), pod("echo-0", "10.244.2.5", true, "node-2", &[])],
+        vec![],
+    );
     let source = snap.workload_by_ip("10.244.1.2".parse().unwrap()).unwrap();
     let Route::Hbone(r) = route(&snap, &source, addr("10.244.2.5:9000")).unwrap() else {
         panic!("expected HBONE")
     };
-    assert_eq!((r.server, r.authority), (addr("10.244.2.5:15008"), addr("10.244.2.5:9000")));
+    assert_eq!(
+        (r.server, r.authority),
+        (addr("10.244.2.5:15008"), addr("10.244.2.5:9000"))
+    );
     assert_eq!(
         route(&snap, &source, addr("172.30.0.2:15012")).unwrap(),
-        Route::Passthrough { dst: addr("172.30.0.2:15012"), workload: None, service: None }
+        Route::Passthrough {
+            dst: addr("172.30.0.2:15012"),
+            workload: None,
+            service: None
+        }
     );
 }
 
 #[test]
 fn services_without_healthy_endpoints_or_with_unknown_ports_fail_fast() {
-    let snap = snapshot(vec![client()], vec![service("echo", "10.96.0.10", 80, 8080, None)]);
+    let snap = snapshot(
+        vec![client()],
+        vec![service("echo", "10.96.0.10", 80, 8080, None)],
+    );
     let source = snap.workload_by_ip("10.244.1.2".parse().unwrap()).unwrap();
     let err = route(&snap, &source, addr("10.96.0.10:80")).unwrap_err();
     assert_eq!(err.metric_label(), "no_healthy_endpoint");
@@ -151,12 +204,18 @@ fn unhealthy_endpoints_are_skipped() {
     let mut sick = pod("echo-0", "10.244.2.5", true, "node-2", &[(ECHO, 80, 8080)]);
     sick.status = wl::WorkloadStatus::Unhealthy.into();
     let snap = snapshot(
-        vec![client(), sick, pod("echo-1", "10.244.2.7", true, "node-2", &[(ECHO, 80, 8080)])],
+        vec![
+            client(),
+            sick,
+            pod("echo-1", "10.244.2.7", true, "node-2", &[(ECHO, 80, 8080)]),
+        ],
         vec![service("echo", "10.96.0.10", 80, 8080, None)],
     );
     let source = snap.workload_by_ip("10.244.1.2".parse().unwrap()).unwrap();
     for _ in 0..50 {
-        let Route::Hbone(r) = route(&snap, &source, addr("10.96.0.10:80")).unwrap() else { panic!() };
+        let Route::Hbone(r) = route(&snap, &source, addr("10.96.0.10:80")).unwrap() else {
+            panic!()
+        };
         assert_eq!(r.authority, addr("10.244.2.7:8080"));
     }
 }
@@ -166,18 +225,27 @@ fn load_is_spread_by_capacity() {
     let mut big = pod("echo-0", "10.244.2.5", true, "node-2", &[(ECHO, 80, 8080)]);
     big.capacity = Some(3);
     let snap = snapshot(
-        vec![client(), big, pod("echo-1", "10.244.2.7", true, "node-2", &[(ECHO, 80, 8080)])],
+        vec![
+            client(),
+            big,
+            pod("echo-1", "10.244.2.7", true, "node-2", &[(ECHO, 80, 8080)]),
+        ],
         vec![service("echo", "10.96.0.10", 80, 8080, None)],
     );
     let source = snap.workload_by_ip("10.244.1.2".parse().unwrap()).unwrap();
     let picks = (0..4000)
         .filter(|_| {
-            let Route::Hbone(r) = route(&snap, &source, addr("10.96.0.10:80")).unwrap() else { panic!() };
+            let Route::Hbone(r) = route(&snap, &source, addr("10.96.0.10:80")).unwrap() else {
+                panic!()
+            };
             r.authority.ip() == "10.244.2.5".parse::<IpAddr>().unwrap()
         })
         .count();
     // Expected 3/4 = 3000; the bound is ~10 standard deviations wide.
-    assert!((2700..3300).contains(&picks), "capacity 3 of 4 got {picks} of 4000");
+    assert!(
+        (2700..3300).contains(&picks),
+        "capacity 3 of 4 got {picks} of 4000"
+    );
 }
 
 #[test]
@@ -186,7 +254,13 @@ fn a_service_with_a_waypoint_goes_to_the_waypoint_with_the_vip_as_authority() {
         vec![
             client(),
             pod("echo-0", "10.244.2.5", true, "node-2", &[(ECHO, 80, 8080)]),
-            pod("waypoint-0", "10.244.2.9", true, "node-2", &[(WAYPOINT, 15008, 15008)]),
+            pod(
+                "waypoint-0",
+                "10.244.2.9",
+                true,
+                "node-2",
+                &[(WAYPOINT, 15008, 15008)],
+            ),
         ],
         vec![
             service("echo", "10.96.0.10", 80, 8080, Some("waypoint")),
@@ -194,7 +268,9 @@ fn a_service_with_a_waypoint_goes_to_the_waypoint_with_the_vip_as_authority() {
         ],
     );
     let source = snap.workload_by_ip("10.244.1.2".parse().unwrap()).unwrap();
-    let Route::Hbone(r) = route(&snap, &source, addr("10.96.0.10:80")).unwrap() else { panic!() };
+    let Route::Hbone(r) = route(&snap, &source, addr("10.96.0.10:80")).unwrap() else {
+        panic!()
+    };
     assert!(r.via_waypoint);
     assert_eq!(r.server, addr("10.244.2.9:15008"));
     assert_eq!(r.authority, addr("10.96.0.10:80"));
@@ -202,7 +278,9 @@ fn a_service_with_a_waypoint_goes_to_the_waypoint_with_the_vip_as_authority() {
 
     // The waypoint itself sends on to the endpoint, not back to itself.
     let waypoint = snap.workload_by_ip("10.244.2.9".parse().unwrap()).unwrap();
-    let Route::Hbone(r) = route(&snap, &waypoint, addr("10.96.0.10:80")).unwrap() else { panic!() };
+    let Route::Hbone(r) = route(&snap, &waypoint, addr("10.96.0.10:80")).unwrap() else {
+        panic!()
+    };
     assert!(!r.via_waypoint);
     assert_eq!(r.authority, addr("10.244.2.5:8080"));
 }
@@ -210,7 +288,10 @@ fn a_service_with_a_waypoint_goes_to_the_waypoint_with_the_vip_as_authority() {
 #[test]
 fn a_missing_waypoint_fails_closed() {
     let snap = snapshot(
-        vec![client(), pod("echo-0", "10.244.2.5", true, "node-2", &[(ECHO, 80, 8080)])],
+        vec![
+            client(),
+            pod("echo-0", "10.244.2.5", true, "node-2", &[(ECHO, 80, 8080)]),
+        ],
         vec![service("echo", "10.96.0.10", 80, 8080, Some("waypoint"))],
     );
     let source = snap.workload_by_ip("10.244.1.2".parse().unwrap()).unwrap();
