@@ -140,7 +140,7 @@ fn a_restarted_ztunnel_serves_new_connections_within_seconds() {
                 && tail.contains("reporter=\"source\"")
                 && tail.contains("mutual_tls"))
             .then_some(())
-            .ok_or_else(|| tail)
+            .ok_or(tail)
         },
     );
     eprintln!("new connections worked {took:?} after the ztunnel restart");

@@ -41,6 +41,10 @@ pub enum LabCommand {
         /// uses).
         #[arg(long)]
         no_context: bool,
+        /// Validity the ztunnels ask for workload certificates, in seconds (default 24 h);
+        /// a short one shows rotation.
+        #[arg(long)]
+        cert_ttl_secs: Option<u64>,
     },
     /// Stop every process and delete every namespace and file of the lab.
     Down,
@@ -115,6 +119,7 @@ pub async fn run(args: LabArgs, program_args: Vec<String>) -> anyhow::Result<i32
             nodes,
             no_ztunnel,
             no_context,
+            cert_ttl_secs,
         } => {
             let options = UpOptions {
                 name: lab,
@@ -123,6 +128,7 @@ pub async fn run(args: LabArgs, program_args: Vec<String>) -> anyhow::Result<i32
                 bin_dir: components::bin_dir(),
                 supervisor_argv: program_args,
                 write_context: !no_context,
+                cert_ttl_secs,
             };
             up(options).await?;
         }

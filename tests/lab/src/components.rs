@@ -130,9 +130,14 @@ pub fn controller_argv(bin_dir: &Path, paths: &LabPaths) -> Vec<String> {
 }
 
 /// The command line of a node's ztunnel.
-pub fn ztunnel_argv(bin_dir: &Path, paths: &LabPaths, node: &NodeRecord) -> Vec<String> {
+pub fn ztunnel_argv(
+    bin_dir: &Path,
+    paths: &LabPaths,
+    node: &NodeRecord,
+    cert_ttl_secs: Option<u64>,
+) -> Vec<String> {
     let name = node.name.as_str();
-    vec![
+    let mut argv = vec![
         bin_dir.join(ZTUNNEL_BIN).display().to_string(),
         "--node".into(),
         name.into(),
@@ -154,7 +159,11 @@ pub fn ztunnel_argv(bin_dir: &Path, paths: &LabPaths, node: &NodeRecord) -> Vec<
         "0.0.0.0:15020".into(),
         "--readiness-addr".into(),
         "0.0.0.0:15021".into(),
-    ]
+    ];
+    if let Some(ttl) = cert_ttl_secs {
+        argv.extend(["--cert-validity-secs".into(), ttl.to_string()]);
+    }
+    argv
 }
 
 /// Starts the controller in its namespace and waits until it is ready.
@@ -186,7 +195,7 @@ pub async fn start_ztunnel(
     paths: &LabPaths,
     node: &NodeRecord,
 ) -> Result<ProcessRecord, ComponentError> {
-    let argv = ztunnel_argv(&record.bin_dir, paths, node);
+    let argv = ztunnel_argv(&record.bin_dir, paths, node, record.cert_ttl_secs);
     let socket = paths.enrollment_socket(&node.name);
     let _ = std::fs::remove_file(&socket);
     let process = process::spawn_detached(

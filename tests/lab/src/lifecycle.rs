@@ -33,6 +33,8 @@ pub struct UpOptions {
     /// Whether to point `meshctl` at the lab ([`context::CONTEXT_FILE`]); tests leave the
     /// context of a developer's lab alone.
     pub write_context: bool,
+    /// Validity the ztunnels ask for workload certificates; short ones exercise rotation.
+    pub cert_ttl_secs: Option<u64>,
 }
 
 /// What a lab component is, for `restart`.
@@ -195,6 +197,7 @@ async fn build_and_start(
         &options.bin_dir,
         options.ztunnel,
     );
+    record.cert_ttl_secs = options.cert_ttl_secs;
     prepare_state(paths, &record)?;
     topology::build(&options.name, options.nodes).await?;
     record.save(&paths.record())?;

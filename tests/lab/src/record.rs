@@ -84,6 +84,9 @@ pub struct LabRecord {
     pub controller: Option<ProcessRecord>,
     /// The supervisor process.
     pub supervisor: Option<ProcessRecord>,
+    /// Validity the ztunnels ask for workload certificates (their default when unset).
+    #[serde(default)]
+    pub cert_ttl_secs: Option<u64>,
 }
 
 impl LabRecord {
@@ -107,6 +110,7 @@ impl LabRecord {
             controller_ip: addressing::CONTROLLER_IP,
             controller: None,
             supervisor: None,
+            cert_ttl_secs: None,
         }
     }
 

@@ -63,11 +63,19 @@ pub struct Lab {
 impl Lab {
     /// Brings a lab up with `nodes` nodes and a ztunnel on each.
     pub fn up(tag: &str, nodes: u8) -> Lab {
+        Self::up_with(tag, nodes, &[])
+    }
+
+    /// Brings a lab up with extra `mesh-lab up` options.
+    pub fn up_with(tag: &str, nodes: u8, options: &[&str]) -> Lab {
         require_prerequisites();
         let name = unique_name(tag);
         let driver = LabDriver::new(name.parse().expect("a valid lab name"), bin_dir());
         let lab = Lab { name, driver };
-        let out = lab.lab(&["up", "--nodes", &nodes.to_string(), "--no-context"]);
+        let nodes = nodes.to_string();
+        let mut args = vec!["up", "--nodes", &nodes, "--no-context"];
+        args.extend_from_slice(options);
+        let out = lab.lab(&args);
         assert!(out.status.success(), "mesh-lab up failed:\n{}", text(&out));
         lab
     }
