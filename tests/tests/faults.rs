@@ -2,32 +2,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Lab, bin_dir, demo_app, text};
-
-fn enrolled_lab(tag: &str) -> Lab {
-    let lab = Lab::up(tag, 2);
-    lab.apply(&demo_app("demo", &["client"]));
-    lab.wait_for_pods(&["demo/server", "demo/client"]);
-    let out = lab.meshctl(&[
-        "label",
-        "namespace",
-        "demo",
-        "istio.io/dataplane-mode=ambient",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    lab.wait_for_protocol("demo", "HBONE");
-    lab.wait_until("traffic over the mesh", Duration::from_secs(30), || {
-        let out = lab.echo("demo/client", "server:9000", "hello");
-        let log = lab.ztunnel_log("node-2");
-        (out.status.success() && log.contains("security=\"mutual_tls\""))
-            .then_some(())
-            .ok_or_else(|| text(&out))
-    });
-    lab
-}
+use common::{Lab, text};
 
 const DENY_CLIENT: &str = r#"apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -41,25 +19,8 @@ spec:
 
 #[test]
 fn traffic_goes_on_while_the_controller_is_away_and_changes_apply_when_it_is_back() {
-    let lab = enrolled_lab("fc");
-    let held = Command::new(bin_dir().join("mesh-lab"))
-        .env("MESH_LAB", &lab.name)
-        .args(["exec", "demo/client", "--"])
-        .arg(bin_dir().join("testapp"))
-        .args([
-            "echo",
-            "server:9000",
-            "--message",
-            "held",
-            "--hold-ms",
-            "6000",
-            "--timeout-ms",
-            "3000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the long-lived client");
+    let lab = Lab::enrolled("fc", &["client"], &[]);
+    let held = lab.hold_echo("demo/client", "held", 6000);
 
     let controller = lab.pid_of("controller");
     let killed = Command::new("kill")
@@ -109,7 +70,7 @@ fn traffic_goes_on_while_the_controller_is_away_and_changes_apply_when_it_is_bac
 
 #[test]
 fn a_restarted_ztunnel_serves_new_connections_within_seconds() {
-    let lab = enrolled_lab("fz");
+    let lab = Lab::enrolled("fz", &["client"], &[]);
     let before = lab.pid_of("ztunnel node-1");
     let out = lab.lab(&["restart", "ztunnel", "--node", "node-1"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lab, bin_dir, demo_app, text};
+use common::{Lab, text};
 
 fn allow_only(principal: &str) -> String {
     format!(
@@ -32,37 +31,9 @@ spec:
   - from: [{source: {namespaces: ["demo"]}}]
 "#;
 
-fn enrolled_lab(tag: &str) -> Lab {
-    let lab = Lab::up(tag, 2);
-    lab.apply(&demo_app("demo", &["alice", "bob"]));
-    lab.wait_for_pods(&["demo/server", "demo/alice", "demo/bob"]);
-    let out = lab.meshctl(&[
-        "label",
-        "namespace",
-        "demo",
-        "istio.io/dataplane-mode=ambient",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    lab.wait_for_protocol("demo", "HBONE");
-    lab.wait_until(
-        "both clients to reach the server over the mesh",
-        Duration::from_secs(30),
-        || {
-            for client in ["demo/alice", "demo/bob"] {
-                let out = lab.echo(client, "server:9000", "hello");
-                if !out.status.success() {
-                    return Err(text(&out));
-                }
-            }
-            Ok(())
-        },
-    );
-    lab
-}
-
 #[test]
 fn allow_by_principal_admits_one_client_and_deny_by_namespace_wins() {
-    let lab = enrolled_lab("pa");
+    let lab = Lab::enrolled("pa", &["alice", "bob"], &[]);
     lab.apply(&allow_only("cluster.local/ns/demo/sa/alice"));
     lab.wait_until("bob to be refused", Duration::from_secs(30), || {
         let bob = lab.echo("demo/bob", "server:9000", "hello");
@@ -102,27 +73,9 @@ fn allow_by_principal_admits_one_client_and_deny_by_namespace_wins() {
 
 #[test]
 fn a_policy_applied_while_a_connection_is_open_closes_it() {
-    let lab = enrolled_lab("po");
+    let lab = Lab::enrolled("po", &["alice", "bob"], &[]);
     // bob holds a connection for up to 20 s, sending every 100 ms.
-    let testapp = bin_dir().join("testapp");
-    let mut held = Command::new(bin_dir().join("mesh-lab"))
-        .env("MESH_LAB", &lab.name)
-        .args(["exec", "demo/bob", "--"])
-        .arg(&testapp)
-        .args([
-            "echo",
-            "server:9000",
-            "--message",
-            "held",
-            "--hold-ms",
-            "20000",
-            "--timeout-ms",
-            "3000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the long-lived client");
+    let mut held = lab.hold_echo("demo/bob", "held", 20000);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         held.try_wait().expect("poll").is_none(),

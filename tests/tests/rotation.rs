@@ -2,10 +2,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lab, bin_dir, demo_app, text};
+use common::{Lab, text};
 
 /// Lifetime of the workload certificates in this test; they renew at half of it.
 const TTL_SECS: u64 = 16;
@@ -27,43 +26,18 @@ fn client_serial(lab: &Lab) -> Option<String> {
 #[test]
 fn short_lived_certificates_rotate_under_a_long_lived_stream() {
     let ttl = TTL_SECS.to_string();
-    let lab = Lab::up_with("ro", 2, &["--cert-ttl-secs", &ttl]);
-    lab.apply(&demo_app("demo", &["client"]));
-    lab.wait_for_pods(&["demo/server", "demo/client"]);
-    let out = lab.meshctl(&[
-        "label",
-        "namespace",
-        "demo",
-        "istio.io/dataplane-mode=ambient",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    lab.wait_for_protocol("demo", "HBONE");
-    lab.wait_until("traffic over the mesh", Duration::from_secs(30), || {
-        let out = lab.echo("demo/client", "server:9000", "hello");
-        let ready = out.status.success() && client_serial(&lab).is_some();
-        ready.then_some(()).ok_or_else(|| text(&out))
+    let lab = Lab::enrolled("ro", &["client"], &["--cert-ttl-secs", &ttl]);
+    lab.wait_until("the client's certificate", Duration::from_secs(10), || {
+        client_serial(&lab)
+            .map(|_| ())
+            .ok_or_else(|| "no certificate yet".to_string())
     });
     let first = client_serial(&lab).expect("the client has a certificate");
 
     // One connection held well past the first certificate's expiry, echoing every 100 ms.
     let hold_ms = (TTL_SECS + 6) * 1000;
     let started = Instant::now();
-    let held = Command::new(bin_dir().join("mesh-lab"))
-        .env("MESH_LAB", &lab.name)
-        .args(["exec", "demo/client", "--"])
-        .arg(bin_dir().join("testapp"))
-        .args([
-            "echo",
-            "server:9000",
-            "--message",
-            "long-lived",
-            "--hold-ms",
-            &hold_ms.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the long-lived client");
+    let held = lab.hold_echo("demo/client", "long-lived", hold_ms);
 
     lab.wait_until(
         "the client's certificate to rotate",

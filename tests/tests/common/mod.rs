@@ -169,6 +169,62 @@ impl Lab {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// A lab with the demo app (server on node-2, `clients` on node-1) deployed and its
+    /// namespace enrolled, each client's traffic seen flowing over the mesh.
+    pub fn enrolled(tag: &str, clients: &[&str], options: &[&str]) -> Lab {
+        let lab = Lab::up_with(tag, 2, options);
+        lab.apply(&demo_app("demo", clients));
+        let mut pods: Vec<String> = clients.iter().map(|c| format!("demo/{c}")).collect();
+        pods.push("demo/server".into());
+        lab.wait_for_pods(&pods.iter().map(String::as_str).collect::<Vec<_>>());
+        let out = lab.meshctl(&[
+            "label",
+            "namespace",
+            "demo",
+            "istio.io/dataplane-mode=ambient",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        lab.wait_for_protocol("demo", "HBONE");
+        lab.wait_until(
+            "every client's traffic over the mesh",
+            Duration::from_secs(30),
+            || {
+                for client in clients {
+                    let out = lab.echo(&format!("demo/{client}"), "server:9000", "hello");
+                    let identity =
+                        format!("src.identity=spiffe://cluster.local/ns/demo/sa/{client}");
+                    if !out.status.success() || !lab.ztunnel_log("node-2").contains(&identity) {
+                        return Err(text(&out));
+                    }
+                }
+                Ok(())
+            },
+        );
+        lab
+    }
+
+    /// Starts an echo from `pod` to the demo server, held open for `hold_ms` and echoing
+    /// every 100 ms; the caller waits for it.
+    pub fn hold_echo(&self, pod: &str, message: &str, hold_ms: u64) -> std::process::Child {
+        std::process::Command::new(bin_dir().join("mesh-lab"))
+            .env("MESH_LAB", &self.name)
+            .args(["exec", pod, "--"])
+            .arg(bin_dir().join("testapp"))
+            .args([
+                "echo",
+                "server:9000",
+                "--message",
+                message,
+                "--hold-ms",
+                &hold_ms.to_string(),
+            ])
+            .args(["--timeout-ms", "3000"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the long-lived client")
+    }
+
     /// Starts capturing node `node`'s link.
     pub fn capture(&self, node: u8) -> drive::Capture {
         drive::Capture::start(&self.driver, node).unwrap_or_else(|e| panic!("{e}"))

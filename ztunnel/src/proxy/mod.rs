@@ -41,9 +41,6 @@ pub use tracker::ConnectionTracker;
 /// How long open connections may run on after a drain starts before they are closed.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Size of each direction's copy buffer: one TLS record, enough to keep a stream busy.
-pub const COPY_BUFFER: usize = 16 * 1024;
-
 /// A certificate source behind a pointer, so the proxy is not generic over where
 /// certificates come from (the controller's CA in production, a fake in tests).
 pub struct BoxedSource(Box<dyn ErasedSource>);
@@ -124,6 +121,38 @@ impl ProxyContext {
     }
 }
 
+/// Accepts connections until `stop`, spawning `handle` for each one in a span named after
+/// `direction` with a connection id. An accept error (e.g. too many open files) is logged and
+/// retried after a pause; it never ends the loop.
+pub async fn accept_loop<F, Fut>(
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    direction: &'static str,
+    handle: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use tracing::Instrument;
+    let mut id: u64 = 0;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    id += 1;
+                    let span = tracing::debug_span!("connection", direction, id, src.addr = %peer);
+                    tokio::spawn(handle(stream, peer).instrument(span));
+                }
+                Err(error) => {
+                    tracing::warn!(direction, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
 /// Completes when `stop` turns true (or its sender is gone). The guard `wait_for` returns is
 /// dropped here, so callers can select on this from `Send` futures.
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -136,5 +165,6 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(a, b, COPY_BUFFER, COPY_BUFFER).await
+    // No buffer per connection: see `hbone::copy_bidirectional`.
+    crate::hbone::copy_bidirectional(a, b).await
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderValue};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{debug, warn};
 
 use super::metrics::{ConnectionGuard, Peers, Reporter};
 use super::pods::PodCapture;
@@ -23,25 +23,12 @@ pub async fn serve(
     ctx: Arc<ProxyContext>,
     pod: Arc<PodCapture>,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut id: u64 = 0;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    id += 1;
-                    let span = debug_span!("outbound", id, src.addr = %peer);
-                    tokio::spawn(handle(ctx.clone(), pod.clone(), stream, peer).instrument(span));
-                }
-                Err(error) => {
-                    warn!(%error, "outbound accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            () = super::stopped(&mut stop) => return,
-        }
-    }
+    super::accept_loop(listener, stop, DIRECTION, move |stream, peer| {
+        handle(ctx.clone(), pod.clone(), stream, peer)
+    })
+    .await;
 }
 
 async fn handle(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{Instrument, debug_span, info, warn};
+use tracing::{info, warn};
 
 use super::inbound::AppConnection;
 use super::metrics::{ConnectionGuard, Peers, Reporter};
@@ -24,25 +24,12 @@ pub async fn serve(
     ctx: Arc<ProxyContext>,
     pod: Arc<PodCapture>,
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut id: u64 = 0;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    id += 1;
-                    let span = debug_span!("inbound_plaintext", id, src.addr = %peer);
-                    tokio::spawn(handle(ctx.clone(), pod.clone(), stream, peer).instrument(span));
-                }
-                Err(error) => {
-                    warn!(%error, "plaintext accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            () = super::stopped(&mut stop) => return,
-        }
-    }
+    super::accept_loop(listener, stop, DIRECTION, move |stream, peer| {
+        handle(ctx.clone(), pod.clone(), stream, peer)
+    })
+    .await;
 }
 
 async fn handle(
