@@ -150,7 +150,7 @@ spec:
   serviceAccountName: server
   containers:
   - {name: echo, image: testapp, command: [bash, -c, "ulimit -n $NOFILE; exec $BIN/testapp serve --http 8081 --tcp-echo 9000"]}
-  - {name: iperf3, image: iperf3, command: [iperf3, -s, -p, "5201"]}
+  - {name: iperf3, image: iperf3, command: [iperf3, -s, -p, "5201", --forceflush]}
   - {name: sockperf, image: sockperf, command: [sockperf, server, --tcp, -i, 0.0.0.0, -p, "11111"]}
   - {name: nginx, image: nginx, command: [nginx, -c, $TMP/nginx.conf]}
 ---

@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use crate::drive::{Capture, DriveError, LabDriver, contains, tcp_segments_with_port, text};
+use crate::drive::{
+    Capture, DriveError, LabDriver, contains, demo_manifests, tcp_segments_with_port, text,
+};
 
 /// The namespace the demo deploys into.
 const NAMESPACE: &str = "demo";
@@ -68,7 +70,11 @@ fn tour(lab: &LabDriver) -> Result<(), DemoError> {
         2,
         "Deploy a server on node-2 and two clients (web, batch) on node-1",
     );
-    lab.apply(&manifests(lab))?;
+    lab.apply(&demo_manifests(
+        &lab.bin_dir.join("testapp"),
+        NAMESPACE,
+        &["web", "batch"],
+    ))?;
     lab.wait_for_pods(&["demo/server", "demo/web", "demo/batch"])?;
     for line in lab.meshctl_ok(&["get", "pods", "-n", NAMESPACE])?.lines() {
         say(line);
@@ -236,25 +242,6 @@ fn shorten(line: &str) -> String {
         .filter(|l| keep.iter().any(|k| l.starts_with(k)))
         .collect();
     format!("{name}{{{}}}{value}", kept.join(","))
-}
-
-fn manifests(lab: &LabDriver) -> String {
-    let testapp = lab.bin_dir.join("testapp");
-    let testapp = testapp.display();
-    let mut yaml = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: demo}}\n---\n\
-apiVersion: v1\nkind: Pod\nmetadata: {{name: server, namespace: demo, labels: {{app: server}}}}\n\
-spec:\n  nodeName: node-2\n  serviceAccountName: server\n  containers:\n  - name: app\n    image: testapp\n    command: [\"{testapp}\", serve, --http, \"8080\", --tcp-echo, \"9000\"]\n---\n\
-apiVersion: v1\nkind: Service\nmetadata: {{name: server, namespace: demo}}\n\
-spec:\n  selector: {{app: server}}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n  - {{name: echo, port: 9000, targetPort: 9000}}\n"
-    );
-    for client in ["web", "batch"] {
-        yaml.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {client}, namespace: demo, labels: {{app: {client}}}}}\n\
-spec:\n  nodeName: node-1\n  serviceAccountName: {client}\n  containers:\n  - name: app\n    image: sleep\n    command: [sleep, \"86400\"]\n"
-        ));
-    }
-    yaml
 }
 
 const POLICY: &str = r#"apiVersion: security.istio.io/v1

@@ -353,6 +353,56 @@ impl Drop for Capture {
     }
 }
 
+/// The demo application: a server (HTTP on 8080, TCP echo on 9000) on node-2 behind a Service
+/// `server` (ports 80 and 9000), and one client pod per name on node-1, each with its own
+/// service account. `testapp` is the path of the test application.
+pub fn demo_manifests(testapp: &Path, namespace: &str, clients: &[&str]) -> String {
+    let testapp = testapp.display();
+    let mut yaml = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: {namespace}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server, namespace: {namespace}, labels: {{app: server}}}}
+spec:
+  nodeName: node-2
+  serviceAccountName: server
+  containers:
+  - name: app
+    image: testapp
+    command: ["{testapp}", serve, --http, "8080", --tcp-echo, "9000"]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: server, namespace: {namespace}}}
+spec:
+  selector: {{app: server}}
+  ports:
+  - {{name: http, port: 80, targetPort: 8080}}
+  - {{name: echo, port: 9000, targetPort: 9000}}
+"#
+    );
+    for client in clients {
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {client}, namespace: {namespace}, labels: {{app: {client}}}}}
+spec:
+  nodeName: node-1
+  serviceAccountName: {client}
+  containers:
+  - name: app
+    image: sleep
+    command: [sleep, "86400"]
+"#
+        ));
+    }
+    yaml
+}
+
 /// How many captured TCP segments have `port` as source or destination, reading the pcap
 /// records' Ethernet, IPv4 and TCP headers.
 pub fn tcp_segments_with_port(pcap: &[u8], port: u16) -> usize {

@@ -251,52 +251,7 @@ pub fn marker(tag: &str) -> String {
     format!("MARKER-{tag}-{}", unique_name("m"))
 }
 
-/// The demo application: a server (HTTP 8080, TCP echo 9000) on node-2 behind a Service,
-/// and clients on node-1 with their own service accounts.
+/// The demo application (see [`drive::demo_manifests`]) with the workspace's test app.
 pub fn demo_app(namespace: &str, clients: &[&str]) -> String {
-    let testapp = bin_dir().join("testapp");
-    let testapp = testapp.display();
-    let mut yaml = format!(
-        r#"apiVersion: v1
-kind: Namespace
-metadata: {{name: {namespace}}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: server, namespace: {namespace}, labels: {{app: server}}}}
-spec:
-  nodeName: node-2
-  serviceAccountName: server
-  containers:
-  - name: app
-    image: testapp
-    command: ["{testapp}", serve, --http, "8080", --tcp-echo, "9000"]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: server, namespace: {namespace}}}
-spec:
-  selector: {{app: server}}
-  ports:
-  - {{name: http, port: 80, targetPort: 8080}}
-  - {{name: echo, port: 9000, targetPort: 9000}}
-"#
-    );
-    for client in clients {
-        yaml.push_str(&format!(
-            r#"---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {client}, namespace: {namespace}, labels: {{app: {client}}}}}
-spec:
-  nodeName: node-1
-  serviceAccountName: {client}
-  containers:
-  - name: app
-    image: sleep
-    command: [sleep, "86400"]
-"#
-        ));
-    }
-    yaml
+    drive::demo_manifests(&bin_dir().join("testapp"), namespace, clients)
 }
