@@ -1,1 +1,26 @@
-//! Placeholder until the crate lands.
+//! The waypoint: the mesh's shared L7 proxy.
+//!
+//! A ztunnel sends traffic for a service bound to this waypoint over HBONE with authority
+//! `VIP:port`. The waypoint terminates the tunnel ([`inbound`]), serves HTTP/1.1 or HTTP/2 on
+//! it (sniffed; anything else is proxied as TCP), and passes every request through a stack
+//! of layers ([`proxy`]): telemetry, L7 authorization, routing, fault injection, mirroring,
+//! deadlines, retries, load balancing with outlier detection, and finally an HTTP client
+//! ([`upstream`]) that opens HBONE to the chosen endpoint under the waypoint's own identity.
+//!
+//! Shared pieces come from the `ztunnel` library (HBONE, TLS, identity, xDS client,
+//! discovery state); this crate adds only what is L7.
+
+pub mod balance;
+pub mod body;
+pub mod config;
+pub mod inbound;
+pub mod policy;
+pub mod proxy;
+pub mod routing;
+pub mod telemetry;
+pub mod upstream;
+
+#[cfg(test)]
+mod hbone_tests;
+#[cfg(test)]
+mod testing;

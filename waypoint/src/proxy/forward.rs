@@ -1,0 +1,45 @@
+//! The innermost layer: sends the request to the chosen endpoint with the HTTP client, in
+//! the version the client spoke, and relays the response without hop-by-hop headers.
+
+use http::uri::Authority;
+use http::{Request, Response};
+
+use super::normalize::strip_hop_by_hop;
+use super::{ProxyError, RequestContext};
+use crate::body::{self, Body};
+use crate::upstream::{Connector, HttpClient, UpstreamTarget};
+
+/// See the module documentation.
+pub struct Forward<C> {
+    client: HttpClient<C>,
+}
+
+impl<C: Connector> Forward<C> {
+    /// Sends through `client`.
+    pub fn new(client: HttpClient<C>) -> Self {
+        Self { client }
+    }
+
+    /// Sends `request` to `target`.
+    pub async fn send(
+        &self,
+        target: &UpstreamTarget,
+        request: Request<Body>,
+        cx: &RequestContext,
+    ) -> Result<Response<Body>, ProxyError> {
+        let authority = match &cx.authority {
+            Some(authority) => authority.clone(),
+            None => {
+                Authority::try_from(format!("{}:{}", target.service.hostname, cx.backend().port))
+                    .map_err(|_| ProxyError::BadAuthority)?
+            }
+        };
+        let response = self
+            .client
+            .send(target, cx.version, &authority, request)
+            .await?;
+        let mut response = response.map(body::boxed);
+        strip_hop_by_hop(response.headers_mut());
+        Ok(response)
+    }
+}

@@ -1,0 +1,323 @@
+//! Request telemetry with Istio's metric names and labels (`reporter="waypoint"`), the W3C
+//! trace context, and the access log: a [`RequestRecord`] per request records the metrics
+//! and writes the access-log line when the response body is done, also when it is dropped
+//! (a client that went away is still counted, with response code 0 if it got nothing).
+
+mod trace;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::Method;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+use tracing::info;
+use ztunnel::identity::SpiffeId;
+use ztunnel::state::{ServiceInfo, WorkloadInfo};
+
+pub use trace::TraceContext;
+
+/// Istio's buckets of `istio_request_duration_milliseconds`.
+pub const DURATION_BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Istio's buckets of the request and response size histograms (1 B to 100 MB, x10).
+pub const SIZE_BUCKETS_BYTES: [f64; 9] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
+
+/// Istio's standard labels of the HTTP metrics; each field is the label of the same name.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub reporter: &'static str,
+    pub source_workload: Arc<str>,
+    pub source_workload_namespace: Arc<str>,
+    pub source_principal: Arc<str>,
+    pub source_app: Arc<str>,
+    pub source_version: Arc<str>,
+    pub source_canonical_service: Arc<str>,
+    pub source_canonical_revision: Arc<str>,
+    pub source_cluster: Arc<str>,
+    pub destination_workload: Arc<str>,
+    pub destination_workload_namespace: Arc<str>,
+    pub destination_principal: Arc<str>,
+    pub destination_app: Arc<str>,
+    pub destination_version: Arc<str>,
+    pub destination_service: Arc<str>,
+    pub destination_service_name: Arc<str>,
+    pub destination_service_namespace: Arc<str>,
+    pub destination_canonical_service: Arc<str>,
+    pub destination_canonical_revision: Arc<str>,
+    pub destination_cluster: Arc<str>,
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    pub grpc_response_status: Arc<str>,
+    pub response_flags: Arc<str>,
+    pub connection_security_policy: &'static str,
+}
+
+/// Labels of the failure counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub reason: &'static str,
+    pub caused_by: &'static str,
+}
+
+/// The waypoint's request metrics. Cheap to clone; clones share the series.
+#[derive(Clone, Debug)]
+pub struct RequestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RequestLabels, Histogram>,
+    request_bytes: Family<RequestLabels, Histogram>,
+    response_bytes: Family<RequestLabels, Histogram>,
+    failures: Family<FailureLabels, Counter>,
+    /// Requests that dry-run policies would have denied.
+    pub dry_run_denials: Counter,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS_MS)
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS_BYTES)
+}
+
+impl RequestMetrics {
+    /// Creates the series and registers them under Istio's names in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            request_bytes: Family::new_with_constructor(size_histogram),
+            response_bytes: Family::new_with_constructor(size_histogram),
+            failures: Family::default(),
+            dry_run_denials: Counter::default(),
+        };
+        registry.register(
+            "istio_requests",
+            "Requests handled",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Time from request arrival to the end of the response",
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "Request body sizes",
+            metrics.request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes",
+            metrics.response_bytes.clone(),
+        );
+        registry.register(
+            "waypoint_request_failures",
+            "Requests the waypoint answered itself, by reason and by who caused it",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "waypoint_authorization_dry_run_denials",
+            "Requests that dry-run L7 policies would have denied",
+            metrics.dry_run_denials.clone(),
+        );
+        metrics
+    }
+
+    /// Requests counted with `labels` (for tests and the admin dump).
+    pub fn requests(&self, labels: &RequestLabels) -> u64 {
+        self.requests.get_or_create(labels).get()
+    }
+
+    /// Failures counted for `reason` (any cause).
+    pub fn failures(&self, reason: &'static str) -> u64 {
+        ["downstream", "upstream", "proxy"]
+            .into_iter()
+            .map(|caused_by| {
+                self.failures
+                    .get_or_create(&FailureLabels { reason, caused_by })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Counts a request the waypoint answered itself.
+    pub fn failure(&self, reason: &'static str, caused_by: &'static str) {
+        self.failures
+            .get_or_create(&FailureLabels { reason, caused_by })
+            .inc();
+    }
+}
+
+/// One request, recorded when dropped: metrics with Istio's labels and one access-log line.
+pub struct RequestRecord {
+    metrics: RequestMetrics,
+    started: Instant,
+    /// The client's identity.
+    pub source_principal: SpiffeId,
+    /// The client's workload, when discovery knows it.
+    pub source: Option<Arc<WorkloadInfo>>,
+    /// The service the request was routed to (the destination until routing decides).
+    pub service: Arc<ServiceInfo>,
+    /// The workload that answered, if one did.
+    pub endpoint: Option<Arc<WorkloadInfo>>,
+    /// The request method.
+    pub method: Method,
+    /// The request path as received (for the log).
+    pub path: String,
+    /// The request authority as received (for the log).
+    pub authority: String,
+    /// "HTTP/1.1" or "HTTP/2".
+    pub version: &'static str,
+    /// "http" or "grpc".
+    pub protocol: &'static str,
+    /// The response status; 0 while there is none.
+    pub status: u16,
+    /// The `grpc-status` of a trailers-only gRPC response.
+    pub grpc_status: Option<Arc<str>>,
+    /// Envoy-style response flags, "-" for none.
+    pub flags: String,
+    /// The route and rule that matched.
+    pub route: Option<(Arc<str>, Arc<str>)>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The trace id.
+    pub trace_id: String,
+    /// The error that ended the request, with who caused it.
+    pub error: Option<(String, &'static str)>,
+    /// Request body bytes read.
+    pub request_bytes: Arc<AtomicU64>,
+    /// Response body bytes sent.
+    pub response_bytes: Arc<AtomicU64>,
+}
+
+impl RequestRecord {
+    /// Starts recording a request.
+    pub fn start(
+        metrics: RequestMetrics,
+        started: Instant,
+        source_principal: SpiffeId,
+        service: Arc<ServiceInfo>,
+    ) -> Self {
+        Self {
+            metrics,
+            started,
+            source_principal,
+            source: None,
+            service,
+            endpoint: None,
+            method: Method::GET,
+            path: String::new(),
+            authority: String::new(),
+            version: "",
+            protocol: "http",
+            status: 0,
+            grpc_status: None,
+            flags: "DC".to_string(),
+            route: None,
+            attempts: 0,
+            trace_id: String::new(),
+            error: None,
+            request_bytes: Arc::default(),
+            response_bytes: Arc::default(),
+        }
+    }
+
+    fn labels(&self) -> RequestLabels {
+        let empty: Arc<str> = Arc::from("");
+        let unknown: Arc<str> = Arc::from("unknown");
+        let workload = |w: &Option<Arc<WorkloadInfo>>, f: fn(&WorkloadInfo) -> &Arc<str>| {
+            w.as_deref()
+                .map_or_else(|| unknown.clone(), |w| f(w).clone())
+        };
+        RequestLabels {
+            reporter: "waypoint",
+            source_workload: workload(&self.source, |w| &w.workload_name),
+            source_workload_namespace: self.source_principal.namespace().into(),
+            source_principal: self.source_principal.to_string().into(),
+            source_app: workload(&self.source, |w| &w.canonical_name),
+            source_version: workload(&self.source, |w| &w.canonical_revision),
+            source_canonical_service: workload(&self.source, |w| &w.canonical_name),
+            source_canonical_revision: workload(&self.source, |w| &w.canonical_revision),
+            source_cluster: workload(&self.source, |w| &w.cluster_id),
+            destination_workload: workload(&self.endpoint, |w| &w.workload_name),
+            destination_workload_namespace: workload(&self.endpoint, |w| &w.namespace),
+            destination_principal: self
+                .endpoint
+                .as_ref()
+                .map_or_else(|| unknown.clone(), |w| w.identity.to_string().into()),
+            destination_app: workload(&self.endpoint, |w| &w.canonical_name),
+            destination_version: workload(&self.endpoint, |w| &w.canonical_revision),
+            destination_service: self.service.hostname.clone(),
+            destination_service_name: self.service.name.clone(),
+            destination_service_namespace: self.service.namespace.clone(),
+            destination_canonical_service: workload(&self.endpoint, |w| &w.canonical_name),
+            destination_canonical_revision: workload(&self.endpoint, |w| &w.canonical_revision),
+            destination_cluster: workload(&self.endpoint, |w| &w.cluster_id),
+            request_protocol: self.protocol,
+            response_code: self.status,
+            grpc_response_status: self.grpc_status.clone().unwrap_or(empty),
+            response_flags: self.flags.as_str().into(),
+            connection_security_policy: "mutual_tls",
+        }
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        let labels = self.labels();
+        let elapsed = self.started.elapsed();
+        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        let response_bytes = self.response_bytes.load(Ordering::Relaxed);
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics
+            .duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64() * 1000.0);
+        self.metrics
+            .request_bytes
+            .get_or_create(&labels)
+            .observe(request_bytes as f64);
+        self.metrics
+            .response_bytes
+            .get_or_create(&labels)
+            .observe(response_bytes as f64);
+        let (route, rule) = self.route.clone().unzip();
+        let (error, caused_by) = self.error.clone().unzip();
+        let source_addr = self
+            .source
+            .as_ref()
+            .and_then(|w| w.addresses.first())
+            .map_or_else(String::new, ToString::to_string);
+        info!(
+            target: "access",
+            method = %self.method,
+            src.addr = %source_addr,
+            src.identity = %self.source_principal,
+            dst.service = %self.service.hostname,
+            dst.workload = self.endpoint.as_ref().map(|w| &*w.uid),
+            path = %self.path,
+            authority = %self.authority,
+            protocol = self.version,
+            status = self.status,
+            flags = %self.flags,
+            route = route.as_deref(),
+            rule = rule.as_deref(),
+            attempts = self.attempts,
+            duration_ms = elapsed.as_millis() as u64,
+            bytes_received = request_bytes,
+            bytes_sent = response_bytes,
+            trace_id = %self.trace_id,
+            error = error.as_deref(),
+            caused_by,
+            "request"
+        );
+    }
+}
