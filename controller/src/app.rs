@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use ztunnel::identity::SpiffeId;
 
-use crate::auth::{Caller, Tokens};
+use crate::auth::{Caller, ProxyKind, Tokens};
 use crate::ca::{
     CaMetrics, CaOptions, CertificateAuthority, CertificateService, IdentityPlacement,
 };
@@ -333,10 +333,15 @@ struct StorePlacement(watch::Receiver<Arc<DesiredState>>);
 
 impl IdentityPlacement for StorePlacement {
     fn may_hold(&self, caller: &Caller, identity: &SpiffeId) -> bool {
-        self.0.borrow().node_runs_identity(
-            &caller.node,
+        let state = self.0.borrow();
+        let (node, namespace, account) = (
+            &*caller.node,
             identity.namespace(),
             identity.service_account(),
-        )
+        );
+        match caller.kind {
+            ProxyKind::Ztunnel => state.node_runs_identity(node, namespace, account),
+            ProxyKind::Waypoint => state.node_runs_waypoint_identity(node, namespace, account),
+        }
     }
 }

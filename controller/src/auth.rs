@@ -126,6 +126,16 @@ impl Tokens {
         Ok(token)
     }
 
+    /// Withdraws a token (its proxy is gone) and saves the table; `false` when it was not
+    /// issued here.
+    pub fn revoke(&mut self, state_dir: &Path, token: &str) -> Result<bool, AuthError> {
+        if self.tokens.remove(&digest(token.trim())).is_none() {
+            return Ok(false);
+        }
+        self.save(state_dir)?;
+        Ok(true)
+    }
+
     fn save(&self, state_dir: &Path) -> Result<(), AuthError> {
         let path = state_dir.join(TOKENS_FILE);
         let body = serde_json::to_vec_pretty(self).expect("token table serializes");
@@ -175,6 +185,22 @@ mod tests {
         let caller = reloaded.authenticate(&md).unwrap();
         assert_eq!(caller.kind, ProxyKind::Ztunnel);
         assert_eq!(&*caller.node, "node-1");
+    }
+
+    #[test]
+    fn a_revoked_token_no_longer_authenticates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tokens = Tokens::default();
+        let token = tokens
+            .issue(dir.path(), ProxyKind::Waypoint, "node-2")
+            .unwrap();
+        assert!(tokens.revoke(dir.path(), &token).unwrap());
+        assert!(!tokens.revoke(dir.path(), &token).unwrap());
+        let reloaded = Tokens::load(dir.path()).unwrap();
+        assert!(matches!(
+            reloaded.caller(&token),
+            Err(AuthError::UnknownToken)
+        ));
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //! ([`upstream`]) that opens HBONE to the chosen endpoint under the waypoint's own identity.
 //!
 //! Shared pieces come from the `ztunnel` library (HBONE, TLS, identity, xDS client,
-//! discovery state); this crate adds only what is L7.
+//! discovery state, certificate manager); this crate adds only what is L7, plus the binary's
+//! wiring ([`app`]) and its operator endpoints ([`admin`]).
 
+pub mod admin;
+pub mod app;
 pub mod balance;
 pub mod body;
 pub mod config;

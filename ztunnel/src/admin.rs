@@ -7,7 +7,9 @@
 //! - readiness, `:15021`: `GET /healthz/ready` answers 200 once the first xDS push is in and
 //!   every captured pod has its certificate.
 //!
-//! They run on the control runtime, never on the data path's.
+//! They run on the control runtime, never on the data path's. The accept loop and the
+//! generic responses ([`serve_with`], [`metrics`], [`logging`], ...) are public: the waypoint
+//! serves its own endpoints with them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -57,19 +59,31 @@ pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     endpoints: Endpoints,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    serve_with(listener, shutdown, move |request| {
+        respond(&state, endpoints, request)
+    })
+    .await;
+}
+
+/// Serves `respond`'s answers on `listener` until `shutdown`: the accept loop every proxy's
+/// operator endpoints share (the waypoint's too).
+pub async fn serve_with<F>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, respond: F)
+where
+    F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = crate::proxy::stopped(&mut shutdown) => return,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let state = state.clone();
+        let respond = respond.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, endpoints, request)) }
+                let respond = respond.clone();
+                async move { Ok::<_, Infallible>(respond(request)) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -94,15 +108,21 @@ fn respond(
     match (endpoints, request.method(), path) {
         (Endpoints::Admin, &Method::GET, "/config_dump") => json_response(config_dump(state)),
         (Endpoints::Admin, &Method::GET | &Method::POST, "/logging") => {
-            logging(state, request.uri().query())
+            logging(&state.set_log_level, request.uri().query())
         }
-        (Endpoints::Metrics, &Method::GET, "/metrics") => metrics(state),
+        (Endpoints::Metrics, &Method::GET, "/metrics") => metrics(&state.metrics),
         (Endpoints::Readiness, &Method::GET, "/healthz/ready") => readiness(state),
-        _ => text(StatusCode::NOT_FOUND, "not found\n".to_string()),
+        _ => not_found(),
     }
 }
 
-fn logging(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
+/// 404, for paths an endpoint does not serve.
+pub fn not_found() -> Response<Full<Bytes>> {
+    text(StatusCode::NOT_FOUND, "not found\n".to_string())
+}
+
+/// `/logging?level=<filter>`: changes the log filter with `set_level`.
+pub fn logging(set_level: &LogLevelSetter, query: Option<&str>) -> Response<Full<Bytes>> {
     let level = query
         .unwrap_or_default()
         .split('&')
@@ -112,7 +132,7 @@ fn logging(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
             StatusCode::BAD_REQUEST,
             "give the filter as ?level=<filter>, e.g. ?level=debug\n".into(),
         ),
-        Some(level) => match (state.set_log_level)(level) {
+        Some(level) => match set_level(level) {
             Ok(()) => text(StatusCode::OK, format!("log filter is now {level}\n")),
             Err(e) => text(
                 StatusCode::BAD_REQUEST,
@@ -122,9 +142,10 @@ fn logging(state: &AdminState, query: Option<&str>) -> Response<Full<Bytes>> {
     }
 }
 
-fn metrics(state: &AdminState) -> Response<Full<Bytes>> {
+/// `/metrics`: `registry` in the OpenMetrics text format.
+pub fn metrics(registry: &Registry) -> Response<Full<Bytes>> {
     let mut body = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.metrics) {
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, registry) {
         warn!(error = %e, "cannot encode metrics");
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -202,8 +223,28 @@ fn config_dump(state: &AdminState) -> Value {
         .policies()
         .map(|p| json!({ "namespace": p.namespace, "name": p.name, "scope": p.scope, "action": p.action, "groups": p.groups.len(), "dry_run": p.dry_run }))
         .collect();
-    let certificates: Vec<Value> = state
-        .certs
+    json!({
+        "xds": xds_json(&xds),
+        "workloads": workloads,
+        "services": services,
+        "policies": policies,
+        "certificates": certificates_json(&state.certs),
+        "pods": *state.pods.borrow(),
+    })
+}
+
+/// The state of the xDS stream, for a config dump.
+pub fn xds_json(xds: &XdsStatus) -> Value {
+    json!({
+        "connection": format!("{:?}", xds.connection),
+        "synced": xds.synced,
+        "last_error": xds.last_error.as_ref().map(|e| e.to_string()),
+    })
+}
+
+/// The certificates a proxy holds (never a key), for a config dump.
+pub fn certificates_json(certs: &Certificates) -> Vec<Value> {
+    certs
         .certificates()
         .into_iter()
         .map(|c| {
@@ -213,15 +254,7 @@ fn config_dump(state: &AdminState) -> Value {
                 "serial": c.serial, "next_renewal": c.next_renewal.map(epoch),
             })
         })
-        .collect();
-    json!({
-        "xds": { "connection": format!("{:?}", xds.connection), "synced": xds.synced, "last_error": xds.last_error.map(|e| e.to_string()) },
-        "workloads": workloads,
-        "services": services,
-        "policies": policies,
-        "certificates": certificates,
-        "pods": *state.pods.borrow(),
-    })
+        .collect()
 }
 
 fn epoch(t: std::time::SystemTime) -> u64 {
@@ -229,7 +262,8 @@ fn epoch(t: std::time::SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn json_response(value: Value) -> Response<Full<Bytes>> {
+/// `value` as pretty-printed JSON.
+pub fn json_response(value: Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(
         serde_json::to_vec_pretty(&value).unwrap_or_default(),
     )));
@@ -240,7 +274,8 @@ fn json_response(value: Value) -> Response<Full<Bytes>> {
     response
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+/// A plain-text response.
+pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response

@@ -186,7 +186,8 @@ pub fn run(config: ZtunnelConfig, set_log_level: LogLevelSetter) -> anyhow::Resu
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C: when a proxy starts draining.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -61,6 +61,10 @@ struct Args {
     /// Seconds open connections may run on after SIGTERM.
     #[arg(long, default_value_t = ztunnel::proxy::DRAIN_DEADLINE.as_secs())]
     drain_deadline_secs: u64,
+    /// Accept connections to workloads a waypoint serves from anyone, not only from the
+    /// waypoint (turns bypass protection off).
+    #[arg(long)]
+    no_bypass_protection: bool,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -102,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         worker_threads: args.worker_threads,
         proxy: ProxySettings {
             drain_deadline: Duration::from_secs(args.drain_deadline_secs),
+            bypass_protection: !args.no_bypass_protection,
         },
     };
     run(config, set_level)

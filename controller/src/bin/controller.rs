@@ -15,6 +15,13 @@ use controller::ca::{CaOptions, DEFAULT_CERTIFICATE_TTL, DEFAULT_MAX_CERTIFICATE
 use controller::translate::{DEFAULT_ROOT_NAMESPACE, TranslateConfig};
 use ipnet::IpNet;
 
+/// Threads for blocking work. Only the store's reloads and the translations run there, one
+/// after the other, and each allocates and frees a copy of the whole mesh. glibc gives every
+/// thread its own malloc arena and keeps what an arena freed, so with tokio's large default
+/// pool the controller of a 10,000-pod mesh grew past 360 MiB over 50 changes; one thread
+/// keeps that churn in one arena (tests/BENCHMARKS.md).
+const MAX_BLOCKING_THREADS: usize = 1;
+
 #[derive(Parser)]
 #[command(name = "controller", version, about = "The mesh's control plane")]
 struct Cli {
@@ -148,6 +155,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -95,7 +95,7 @@ fn columns(kind: &str) -> (&'static [Column], &'static [Column]) {
                 ("CLASS", "class"),
                 ("WAYPOINT", "waypoint"),
             ],
-            &[("LISTENERS", "listeners")],
+            &[("FOR", "waypoint_for"), ("LISTENERS", "listeners")],
         ),
         _ => (
             &[
@@ -128,7 +128,8 @@ fn print_table(kind: &str, rows: &[Value], wide: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cell(value: &Value) -> String {
+/// A JSON value as a table cell.
+pub(super) fn cell(value: &Value) -> String {
     match value {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
@@ -171,6 +172,7 @@ pub fn proxy_status(context: &Context) -> anyhow::Result<()> {
                 "PROXY",
                 "ADDRESSES",
                 "AUTHORIZATION",
+                "ROUTES",
                 "LAST NACK",
             ],
             &rows,
@@ -213,6 +215,7 @@ fn proxy_row(proxy: &Value, generation: u64) -> Vec<String> {
         cell(&proxy["proxy_id"]),
         ack(mesh_proto::ADDRESS_TYPE_URL),
         ack(mesh_proto::AUTHORIZATION_TYPE_URL),
+        ack(mesh_proto::ROUTE_CONFIGURATION_TYPE_URL),
         nack,
     ]
 }

@@ -6,12 +6,14 @@ mod context;
 mod get;
 mod http;
 mod table;
+mod waypoint;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 pub use context::Context;
+pub use waypoint::{Traffic, WaypointCommand, gateway_manifest};
 
 /// The command line.
 #[derive(Parser)]
@@ -82,6 +84,12 @@ pub enum Command {
     },
     /// Every proxy connected to the controller, and what it acknowledged.
     ProxyStatus,
+    /// Waypoints: apply, list, delete, status.
+    Waypoint {
+        /// What to do.
+        #[command(subcommand)]
+        command: WaypointCommand,
+    },
     /// The lab: the whole mesh on this machine (`meshctl lab --help`). Runs the `mesh-lab`
     /// program installed beside meshctl, as git and kubectl run their plugins.
     #[command(disable_help_flag = true)]
@@ -129,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             get::get(&context, &kind, namespace.as_deref(), output.as_deref())
         }
         Command::ProxyStatus => get::proxy_status(&context),
+        Command::Waypoint { command } => waypoint::run(&context, command),
         Command::Lab { args } => lab(&args),
     }
 }

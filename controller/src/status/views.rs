@@ -97,6 +97,8 @@ pub struct GatewayRow {
     pub name: String,
     pub class: String,
     pub waypoint: bool,
+    /// Which traffic a waypoint serves (`istio.io/waypoint-for`).
+    pub waypoint_for: &'static str,
     pub listeners: Vec<String>,
 }
 
@@ -291,6 +293,7 @@ fn gateways(state: &DesiredState, in_ns: &dyn Fn(&str) -> bool) -> Vec<GatewayRo
             name: g.name.to_string(),
             class: g.class_name.clone(),
             waypoint: g.is_waypoint,
+            waypoint_for: g.waypoint_for.as_str(),
             listeners: g
                 .listeners
                 .iter()

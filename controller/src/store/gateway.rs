@@ -70,6 +70,18 @@ pub enum WaypointFor {
     None,
 }
 
+impl WaypointFor {
+    /// The label value that says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Workload => "workload",
+            Self::All => "all",
+            Self::None => "none",
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct RawGateway {

@@ -15,7 +15,7 @@ use super::object::{
 };
 use super::rejection::Rejection;
 use super::service::Service;
-use super::waypoint::{is_waypoint_managed, speaks_hbone_natively};
+use super::waypoint::{GATEWAY_NAME_LABEL, is_waypoint_managed, speaks_hbone_natively};
 use super::workload::{Deployment, Namespace, Pod};
 
 /// Every valid object of the desired state, flattened and tied together: services have their
@@ -164,6 +164,22 @@ impl DesiredState {
     pub fn node_runs_identity(&self, node: &str, namespace: &str, service_account: &str) -> bool {
         self.pods_in(namespace).any(|pod| {
             pod.node.as_deref() == Some(node) && &*pod.service_account == service_account
+        })
+    }
+
+    /// Whether a waypoint pod (labelled [`GATEWAY_NAME_LABEL`]) of this namespace and service
+    /// account runs on the node: a waypoint's token obtains exactly those identities, never
+    /// those of the application pods beside it.
+    pub fn node_runs_waypoint_identity(
+        &self,
+        node: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> bool {
+        self.pods_in(namespace).any(|pod| {
+            pod.node.as_deref() == Some(node)
+                && &*pod.service_account == service_account
+                && pod.labels.contains_key(GATEWAY_NAME_LABEL)
         })
     }
 }

@@ -15,8 +15,12 @@ use super::pod_status::POD_STATUS_DIR;
 use super::snapshot::DesiredState;
 
 /// How long the directory must be quiet before a reload: editors and `meshctl` write several
-/// files (and temporary files) in a burst.
-pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(50);
+/// files (and temporary files) in a burst. The events of one burst arrive within a few
+/// milliseconds, and `meshctl` and the lab replace files atomically, so a reload never sees
+/// half of their write; a burst split in two costs one extra reload, which is cheap because
+/// unchanged files are not parsed again. Every millisecond here is added to each change's way
+/// to the proxies (the benchmark in tests/BENCHMARKS.md), so it is kept short.
+pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Why the store could not start.
 #[derive(Debug, thiserror::Error)]
@@ -134,15 +138,24 @@ async fn reload_on_change(
                 change = changes.recv() => if change.is_none() { return },
             }
         }
+        // Only this task publishes, so this is the state the reload is compared with.
+        let previous = publisher.borrow().clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let result = loader.reload();
-            (loader, result)
+            let started = std::time::Instant::now();
+            // Compared here rather than on the runtime: with tens of thousands of objects,
+            // comparing takes milliseconds that the ADS streams need.
+            let result = loader.reload().map(|state| {
+                let changed = state != *previous;
+                (state, changed)
+            });
+            tracing::debug!(elapsed = ?started.elapsed(), "desired state reloaded");
+            (loader, result, previous)
         })
         .await;
-        let result = match joined {
-            Ok((returned, result)) => {
+        let (result, previous) = match joined {
+            Ok((returned, result, previous)) => {
                 loader = returned;
-                result
+                (result, previous)
             }
             Err(e) => {
                 tracing::error!(error = %e, "desired-state load failed; the store stops watching");
@@ -150,18 +163,22 @@ async fn reload_on_change(
             }
         };
         match result {
-            Ok(state) => {
-                let previous = publisher.borrow().clone();
+            Ok((state, changed)) => {
                 metrics.observe_reload(&previous.rejected, &state.rejected);
-                if state != *previous {
+                if changed {
                     log_rejections(&state);
                     publisher.send_replace(Arc::new(state));
+                    // `previous` is now most likely the last reference to the old state, and
+                    // freeing a large state takes milliseconds. Let the subscribers that were
+                    // just woken (the translation) start first.
+                    tokio::task::yield_now().await;
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "desired state not reloaded; the last one stays in force")
             }
         }
+        drop(previous);
     }
 }
 

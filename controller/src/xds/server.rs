@@ -18,13 +18,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::connection::{Acknowledgement, AdsConnection};
+use super::connection::{Acknowledgement, AdsConnection, PendingResponse};
 use super::registry::ProxyRegistry;
 use super::resources::ResourceSnapshot;
 use crate::auth::{Caller, Tokens};
 
-/// Responses queued per stream before the stream task waits for the proxy to read.
-const STREAM_QUEUE: usize = 16;
+/// Built responses queued per stream before the stream task waits for the proxy to read. Small
+/// on purpose: a response is built only when there is room for it, so this bounds the memory
+/// of a stream whose proxy reads slowly (see `MAX_RESPONSE_BYTES`).
+const STREAM_QUEUE: usize = 1;
 
 /// Labels of the per-type counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -215,17 +217,18 @@ impl StreamTask {
         }
     }
 
-    async fn send(&self, responses: Vec<DeltaDiscoveryResponse>) -> bool {
+    async fn send(&self, responses: Vec<PendingResponse>) -> bool {
         for response in responses {
+            let Ok(room) = self.responses.reserve().await else {
+                return false;
+            };
             self.metrics
                 .pushes
                 .get_or_create(&TypeLabel {
-                    type_url: response.type_url.clone(),
+                    type_url: response.type_url().to_string(),
                 })
                 .inc();
-            if self.responses.send(Ok(response)).await.is_err() {
-                return false;
-            }
+            room.send(Ok(response.build()));
         }
         true
     }

@@ -71,7 +71,7 @@ impl LabDriver {
         cmd.args(args)
             .env("MESH_LAB", self.name.as_str())
             .env("MESH_BIN_DIR", &self.bin_dir);
-        run(cmd, "mesh-lab", COMMAND_LIMIT)
+        run(cmd, &format!("mesh-lab {}", args.join(" ")), COMMAND_LIMIT)
     }
 
     /// Runs `meshctl <args>` against this lab's controller.
@@ -82,7 +82,7 @@ impl LabDriver {
             "MESH_CONTROLLER",
             format!("unix:{}", paths.status_socket().display()),
         );
-        run(cmd, "meshctl", COMMAND_LIMIT)
+        run(cmd, &format!("meshctl {}", args.join(" ")), COMMAND_LIMIT)
     }
 
     /// `meshctl <args>`, which must succeed; returns its output as text.
@@ -138,6 +138,31 @@ impl LabDriver {
                 "3000",
             ],
         )
+    }
+
+    /// Sends HTTP requests from `pod` with `testapp get <url> <options>` and returns its
+    /// summary (the last line it prints: `requests`, `ok`, `status`, `errors`, `by_version`,
+    /// `by_pod`, `p50_ms`, ...). Requests that fail count in the summary; only a client that
+    /// could not run at all is an error.
+    pub fn http_load(
+        &self,
+        pod: &str,
+        url: &str,
+        options: &[&str],
+    ) -> Result<serde_json::Value, DriveError> {
+        let testapp = self.bin_dir.join("testapp").display().to_string();
+        let mut command = vec![testapp.as_str(), "get", url];
+        command.extend_from_slice(options);
+        let out = self.exec(pod, &command)?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .find_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|summary| summary.get("requests").is_some())
+            .ok_or_else(|| DriveError::Failed {
+                what: format!("testapp get {url} in {pod}"),
+                output: text(&out),
+            })
     }
 
     /// `mesh-lab status --json`.
@@ -451,25 +476,29 @@ pub fn text(out: &Output) -> String {
     )
 }
 
-/// Runs a command with a time limit; one still running then is killed.
+/// Runs a command with a time limit; one still running then is killed. Its output is read
+/// while it runs: a command that prints more than a pipe holds (a long log) would otherwise
+/// block on its write and never exit.
 fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Output, DriveError> {
+    let spawn_error = |source| DriveError::Spawn {
+        program: what.to_string(),
+        source,
+    };
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| DriveError::Spawn {
-            program: what.to_string(),
-            source,
-        })?;
+        .map_err(spawn_error)?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + limit;
     loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child
-                .wait_with_output()
-                .map_err(|source| DriveError::Spawn {
-                    program: what.to_string(),
-                    source,
-                });
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(Output {
+                status,
+                stdout: stdout.join().unwrap_or_default(),
+                stderr: stderr.join().unwrap_or_default(),
+            });
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
@@ -481,4 +510,15 @@ fn run(mut cmd: Command, what: &str, limit: Duration) -> Result<Output, DriveErr
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }

@@ -125,6 +125,11 @@ pub async fn build(lab: &LabName, nodes: u8) -> Result<(), TopologyError> {
 
     for index in 1..=nodes {
         build_node(lab, index, nodes).await?;
+        // Pods reach the controller as a cluster's pods reach its control plane: a waypoint
+        // pod talks to it directly, so the answers must find their way back.
+        let cidr = addressing::pod_cidr(index).to_string();
+        let via = addressing::node_ip(index).to_string();
+        ip(&ctl, &["route", "add", &cidr, "via", &via, "dev", UPLINK]).await?;
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The lab's CNI agent with real ztunnels: every pod is announced to its node's ztunnel, again
-//! after the ztunnel restarts, and withdrawn when it goes. Needs root and the ztunnel binary
+//! after the ztunnel restarts, and withdrawn when it goes; a pod that opted out is not. Needs root and the ztunnel binary
 //! (see `common`).
 
 mod common;
@@ -35,6 +35,19 @@ spec:
   - name: sleep
     image: ignored
     command: [sleep, '3600']
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: opted-out
+  namespace: shop
+  labels: {istio.io/dataplane-mode: none}
+spec:
+  nodeName: node-1
+  containers:
+  - name: sleep
+    image: ignored
+    command: [sleep, '3600']
 ";
 
 fn captured(lab: &Lab, name: &str) -> Option<bool> {
@@ -62,6 +75,12 @@ fn pods_are_announced_to_their_ztunnel_and_withdrawn() {
     let log = lab.paths.ztunnel_log("node-1");
     let adds = std::fs::read_to_string(&log).unwrap();
     assert!(adds.contains("Kubernetes//Pod/shop/first"), "{adds}");
+    lab.wait_for_pod("shop", "opted-out");
+    let adds = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !adds.contains("Kubernetes//Pod/shop/opted-out"),
+        "a pod labelled istio.io/dataplane-mode=none is never handed to the ztunnel: {adds}"
+    );
 
     // A restarted ztunnel gets the full list again.
     assert_success(

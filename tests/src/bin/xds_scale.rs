@@ -51,6 +51,15 @@ const ROUND_PAUSE: Duration = Duration::from_millis(200);
 /// Quiet time before the idle memory is read.
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// The goals of the controller issue: a one-pod change reaches every proxy (p99)...
+const GOAL_CHANGE_P99: Duration = Duration::from_millis(100);
+
+/// ...a full first sync completes...
+const GOAL_FIRST_SYNC: Duration = Duration::from_secs(2);
+
+/// ...and the controller's memory stays under this, in KiB (300 MiB).
+const GOAL_MEMORY_KIB: u64 = 300 * 1024;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "xds-scale",
@@ -82,6 +91,9 @@ struct Args {
     /// removed with the temporary directory.
     #[arg(long)]
     controller_log: Option<PathBuf>,
+    /// Print every round.
+    #[arg(long)]
+    verbose: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,9 +114,38 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(run(&args, binary))?;
+    let report = runtime.block_on(async {
+        // On a signal the run is dropped, and with it the controller process and the
+        // temporary directory.
+        tokio::select! {
+            report = run(&args, binary) => report,
+            signal = interrupted() => bail!("stopped by {signal}"),
+        }
+    })?;
     report.print(&args);
     Ok(())
+}
+
+/// Completes on SIGINT, SIGTERM or SIGHUP, with the signal's name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    async fn wait(kind: SignalKind, name: &'static str) -> &'static str {
+        match signal(kind) {
+            Ok(mut stream) => {
+                stream.recv().await;
+                name
+            }
+            Err(e) => {
+                eprintln!("xds-scale: cannot watch {name}: {e}");
+                std::future::pending().await
+            }
+        }
+    }
+    tokio::select! {
+        name = wait(SignalKind::interrupt(), "SIGINT") => name,
+        name = wait(SignalKind::terminate(), "SIGTERM") => name,
+        name = wait(SignalKind::hangup(), "SIGHUP") => name,
+    }
 }
 
 /// Everything measured.
@@ -205,7 +246,7 @@ async fn measure(
         config.clone(),
         events_tx.clone(),
     ));
-    let one_proxy_sync = wait_synced(&mut events, 1).await?[0];
+    let one_proxy_sync = wait_synced(&mut events, 1, &config).await?[0];
     handle.abort();
     eprintln!("one proxy synced in {one_proxy_sync:?}");
 
@@ -214,7 +255,7 @@ async fn measure(
     for (client, token) in tokens.into_iter().enumerate() {
         clients.spawn(run_client(client, token, config.clone(), events_tx.clone()));
     }
-    let mut per_proxy_sync = wait_synced(&mut events, args.proxies).await?;
+    let mut per_proxy_sync = wait_synced(&mut events, args.proxies, &config).await?;
     let all_proxies_sync = started.elapsed();
     per_proxy_sync.sort();
     eprintln!("{} proxies synced in {all_proxies_sync:?}", args.proxies);
@@ -227,9 +268,22 @@ async fn measure(
         let probe = (round - 1) % probes.len();
         let revision = format!("r{round}");
         let written = Instant::now();
+        let written_at = std::time::SystemTime::now();
         shape.set_probe_version(&probes[probe], &revision)?;
         let (last, generation) = wait_probe(&mut events, probe, &revision, args.proxies).await?;
-        changes.push(last.saturating_duration_since(written));
+        let change = last.saturating_duration_since(written);
+        changes.push(change);
+        if args.verbose {
+            // Unix time, to line the rounds up with the controller's log.
+            let at = written_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            eprintln!(
+                "round {round}: written at {:.6}, generation {generation}, all received after {}",
+                at.as_secs_f64(),
+                ms(change)
+            );
+        }
         controller
             .wait_acked(
                 mesh_proto::ADDRESS_TYPE_URL,
@@ -252,16 +306,30 @@ async fn measure(
     })
 }
 
-/// Waits for `count` first syncs and returns their durations.
+/// Waits for `count` first syncs of exactly the expected resources and returns their
+/// durations.
 async fn wait_synced(
     events: &mut mpsc::UnboundedReceiver<ClientEvent>,
     count: usize,
+    config: &ClientConfig,
 ) -> anyhow::Result<Vec<Duration>> {
+    let expected = config.expected;
     let mut synced = Vec::with_capacity(count);
     let waited = tokio::time::timeout(SYNC_TIMEOUT, async {
         while synced.len() < count {
             match events.recv().await.context("every client stopped")? {
-                ClientEvent::Synced { elapsed } => synced.push(elapsed),
+                ClientEvent::Synced { elapsed, received } => {
+                    if received != (expected.addresses, expected.authorizations) {
+                        bail!(
+                            "a proxy received {} addresses and {} authorizations, expected {} and {}",
+                            received.0,
+                            received.1,
+                            expected.addresses,
+                            expected.authorizations
+                        );
+                    }
+                    synced.push(elapsed);
+                }
                 ClientEvent::Failed { client, error } => bail!("proxy {client}: {error}"),
                 ClientEvent::Probe { .. } => {}
             }
@@ -377,6 +445,17 @@ impl Report {
             mib(m.memory_synced.rss_kib),
             mib(m.memory_end.rss_kib),
             mib(m.memory_end.hwm_kib)
+        );
+        let verdict = |met: bool| if met { "met" } else { "MISSED" };
+        let p99 = percentile(&changes, 99.0);
+        println!(
+            "goals: change p99 < {} {}; first sync of all proxies < {} {}; peak memory < {} {}",
+            ms(GOAL_CHANGE_P99),
+            verdict(p99 < GOAL_CHANGE_P99),
+            ms(GOAL_FIRST_SYNC),
+            verdict(m.all_proxies_sync < GOAL_FIRST_SYNC),
+            mib(GOAL_MEMORY_KIB),
+            verdict(m.memory_end.hwm_kib < GOAL_MEMORY_KIB)
         );
     }
 }

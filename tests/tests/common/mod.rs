@@ -34,7 +34,14 @@ fn require_prerequisites() {
         nix::unistd::geteuid().is_root(),
         "the end-to-end tests create network namespaces and iptables rules: run them as root"
     );
-    for binary in ["mesh-lab", "meshctl", "controller", "ztunnel", "testapp"] {
+    for binary in [
+        "mesh-lab",
+        "meshctl",
+        "controller",
+        "ztunnel",
+        "waypoint",
+        "testapp",
+    ] {
         let path = bin_dir().join(binary);
         assert!(
             path.exists(),
@@ -107,6 +114,43 @@ impl Lab {
         self.driver
             .echo(pod, target, message)
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Sends HTTP requests from `pod` (`testapp get <url> <options>`) and returns the
+    /// summary: `requests`, `ok`, `status` (by code), `errors`, `by_version`, `p50_ms`, ...
+    pub fn http_load(&self, pod: &str, url: &str, options: &[&str]) -> serde_json::Value {
+        self.try_http_load(pod, url, options)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::http_load`] for polling: a client that could not run is an `Err`.
+    pub fn try_http_load(
+        &self,
+        pod: &str,
+        url: &str,
+        options: &[&str],
+    ) -> Result<serde_json::Value, String> {
+        self.driver
+            .http_load(pod, url, options)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A pod's row from the lab's status (`node`, `ip`, ...), by `ns/name`.
+    pub fn pod(&self, pod: &str) -> serde_json::Value {
+        let (namespace, name) = pod.split_once('/').expect("pods are named ns/name");
+        self.pods()
+            .into_iter()
+            .find(|p| p["namespace"] == namespace && p["name"] == name)
+            .unwrap_or_else(|| panic!("{pod} is not running"))
+    }
+
+    /// The value of one sample of a node's ztunnel metrics: the line that starts with
+    /// `series` (a name with its labels, as Prometheus prints it); 0 when it is absent.
+    pub fn ztunnel_metric(&self, node: u8, series: &str) -> f64 {
+        self.node_http(node, 15020, "/metrics")
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// The lab's state directory.

@@ -31,7 +31,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::metrics::ServerMetrics;
 use super::{
-    COPY_BUFFER_SIZE, H2Stream, HANDSHAKE_TIMEOUT, MAX_CONCURRENT_STREAMS, server_builder,
+    H2Stream, HANDSHAKE_TIMEOUT, MAX_CONCURRENT_STREAMS, copy_bidirectional, server_builder,
 };
 use crate::identity::SpiffeId;
 use crate::tls::{TlsError, describe_handshake_error, peer_identity};
@@ -159,6 +159,8 @@ pub trait ConnectHandler: Send + Sync + 'static {
     fn connect(&self, request: &ConnectRequest) -> impl Future<Output = ConnectDecision> + Send;
 
     /// Called once for every accepted tunnel when its copy ends (for metrics and access logs).
+    /// The request's headers are empty by then: they are released when the tunnel opens, so
+    /// that an open tunnel does not hold them.
     fn tunnel_closed(&self, _request: &ConnectRequest, _outcome: &TunnelOutcome) {}
 }
 
@@ -577,22 +579,29 @@ async fn handle_stream<H: ConnectHandler>(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
-    let (parts, body) = request.into_parts();
-    let authority = match parse_connect(&parts) {
-        Ok(authority) => authority,
-        Err(rejection) => return reject(&shared.metrics, &mut respond, &rejection),
+    // The request's parts live in this block only, so that they are not part of the task's
+    // state for the life of the tunnel.
+    let (mut request, body) = {
+        let (parts, body) = request.into_parts();
+        let authority = match parse_connect(&parts) {
+            Ok(authority) => authority,
+            Err(rejection) => return reject(&shared.metrics, &mut respond, &rejection),
+        };
+        let request = ConnectRequest {
+            authority,
+            peer_identity: info.identity.clone(),
+            peer_addr: info.peer,
+            local_addr: info.local,
+            headers: parts.headers,
+        };
+        (request, body)
     };
-    let request = ConnectRequest {
-        authority,
-        peer_identity: info.identity.clone(),
-        peer_addr: info.peer,
-        local_addr: info.local,
-        headers: parts.headers,
-    };
+    let authority = request.authority;
     // A client that resets while we dial upstream frees the dial at once; counting those
-    // resets is how a rapid-reset flood is recognised.
+    // resets is how a rapid-reset flood is recognised. The handler's future is boxed: its
+    // state is only needed until the decision, not for the life of the tunnel.
     let decision = tokio::select! {
-        decision = shared.handler.connect(&request) => decision,
+        decision = Box::pin(shared.handler.connect(&request)) => decision,
         _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => {
             return client_gone(&shared.metrics, &info, "reset during connect");
         }
@@ -603,19 +612,16 @@ async fn handle_stream<H: ConnectHandler>(
             return reject(&shared.metrics, &mut respond, &rejection);
         }
     };
+    // The handler has decided: the headers (over half a kilobyte once decoded) would
+    // otherwise stay with every open tunnel for its whole life.
+    request.headers = http::HeaderMap::new();
     let Ok(send) = respond.send_response(status_only(StatusCode::OK), false) else {
         return client_gone(&shared.metrics, &info, "gone before the 200");
     };
     shared.metrics.stream("established");
     let _active = GaugeGuard::inc(&shared.metrics.streams_active);
     let mut tunnel = H2Stream::new(send, body);
-    let result = tokio::io::copy_bidirectional_with_sizes(
-        &mut tunnel,
-        &mut upstream,
-        COPY_BUFFER_SIZE,
-        COPY_BUFFER_SIZE,
-    )
-    .await;
+    let result = copy_bidirectional(&mut tunnel, &mut upstream).await;
     match &result {
         Ok((sent, received)) => debug!(dst.addr = %authority, sent, received, "tunnel closed"),
         Err(e) => debug!(dst.addr = %authority, error = %e, "tunnel ended with an error"),

@@ -1,6 +1,6 @@
 //! HBONE tunnels to a captured pod (port 15008): the TLS layer has verified the client's
-//! identity; here the target is checked, policy decides, and the app is dialed from inside
-//! the pod's namespace.
+//! identity; here the target is checked, a waypoint that serves the pod must be the client
+//! ([`super::bypass`]), policy decides, and the app is dialed from inside the pod's namespace.
 
 use std::io;
 use std::pin::Pin;
@@ -10,10 +10,10 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{info, warn};
 
-use super::ProxyContext;
 use super::metrics::{ConnectionGuard, Peers, Reporter};
 use super::pods::PodCapture;
 use super::tracker::{Revocable, TrackedConnection};
+use super::{ProxyContext, bypass};
 use crate::hbone::{ConnectDecision, ConnectHandler, ConnectRequest, Rejection};
 use crate::inpod::{PROXY_MARK, connect};
 use crate::rbac::{self, Connection};
@@ -54,6 +54,15 @@ impl ConnectHandler for InboundHandler {
                 Rejection::Unavailable("the workload is not known".into()),
             );
         };
+        if self.ctx.settings.bypass_protection
+            && let Err(bypass) = bypass::check(&snapshot, &workload, Some(&request.peer_identity))
+        {
+            info!(src.addr = %request.peer_addr, dst.addr = %target, reason = %bypass, "connection refused: it bypassed the waypoint");
+            return self.refuse(
+                bypass::BYPASS_REASON,
+                Rejection::Denied(bypass.to_string().into()),
+            );
+        }
         let connection = Connection {
             src_identity: Some(request.peer_identity.clone()),
             src_ip: request.peer_addr.ip(),

@@ -8,9 +8,11 @@
 //! - [`inbound`]: HBONE tunnels to the pod (port 15008): identity, policy, then the app.
 //! - [`plaintext`]: plaintext connections to the pod from outside the mesh (port 15006),
 //!   subject to policy without an identity.
+//! - [`bypass`]: a workload a waypoint serves accepts connections from that waypoint only.
 //! - [`tracker`]: open inbound connections, re-evaluated when policy changes.
 //! - [`metrics`]: Istio's TCP metrics and one access-log line per connection.
 
+pub mod bypass;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
@@ -18,6 +20,9 @@ pub mod plaintext;
 pub mod pods;
 pub mod route;
 pub mod tracker;
+
+#[cfg(test)]
+pub(crate) mod test_snapshot;
 
 use std::future::Future;
 use std::io;
@@ -29,10 +34,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::cert_manager::{CertificateManager, CertificateSource, FetchError};
-use crate::hbone::{ClientMetrics, ServerMetrics};
+use crate::hbone::{ClientMetrics, ServerConfigSelector, ServerMetrics};
 use crate::identity::SpiffeId;
 use crate::state::DiscoverySnapshot;
-use crate::tls::{TrustBundle, WorkloadCertificate};
+use crate::tls::{TrustBundle, WorkloadCertificate, server_config};
 
 pub use metrics::ConnectionMetrics;
 pub use pods::PodManager;
@@ -77,17 +82,47 @@ impl CertificateSource for BoxedSource {
 /// The certificate manager of the proxy.
 pub type Certificates = CertificateManager<BoxedSource>;
 
+/// The TLS configuration of an HBONE server that presents `identity`: its current
+/// certificate, the configuration rebuilt only when the certificate rotates. Connections are
+/// refused while no certificate is held. A captured pod's server and the waypoint's use it.
+pub fn rotating_server_config(
+    certs: Certificates,
+    identity: SpiffeId,
+    trust: TrustBundle,
+) -> ServerConfigSelector {
+    type Cached = Option<(Arc<WorkloadCertificate>, Arc<rustls::ServerConfig>)>;
+    let cache: Arc<std::sync::Mutex<Cached>> = Arc::default();
+    Arc::new(move |_local| {
+        let cert = certs.current(&identity)?;
+        let mut cached = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((held, config)) = cached.as_ref()
+            && Arc::ptr_eq(held, &cert)
+        {
+            return Some(config.clone());
+        }
+        let config = server_config(&cert, &trust).ok()?;
+        *cached = Some((cert, config.clone()));
+        Some(config)
+    })
+}
+
 /// Behaviour an operator may change.
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
     /// See [`DRAIN_DEADLINE`].
     pub drain_deadline: Duration,
+    /// Whether inbound connections to a workload a waypoint serves must come from that
+    /// waypoint ([`bypass`]); on unless an operator turns it off.
+    pub bypass_protection: bool,
 }
 
 impl Default for ProxySettings {
     fn default() -> Self {
         Self {
             drain_deadline: DRAIN_DEADLINE,
+            bypass_protection: true,
         }
     }
 }

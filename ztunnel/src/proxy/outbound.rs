@@ -130,7 +130,9 @@ async fn tunnel(
         authority: route.authority,
         headers,
     };
-    let mut upstream = match pod.hbone.connect(request).await {
+    // Boxed: the dial's state (about a kilobyte) is only needed until the tunnel is open;
+    // inline, it would be part of every connection's task for as long as it lives.
+    let mut upstream = match Box::pin(pod.hbone.connect(request)).await {
         Ok(stream) => stream,
         Err(error) => {
             ctx.metrics.failure(DIRECTION, error.metric_label());

@@ -1,5 +1,6 @@
 //! Plaintext connections to a captured pod from outside the mesh (port 15006): no identity,
-//! so only policies that do not require one can admit them; a denied connection is reset.
+//! so only policies that do not require one can admit them, and never to a pod a waypoint
+//! serves ([`super::bypass`]); a refused connection is reset.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use super::inbound::AppConnection;
 use super::metrics::{ConnectionGuard, Peers, Reporter};
 use super::pods::PodCapture;
 use super::tracker::Revocable;
-use super::{ProxyContext, copy_both};
+use super::{ProxyContext, bypass, copy_both};
 use crate::inpod::{PROXY_MARK, connect, original_destination};
 use crate::rbac::{self, Connection};
 
@@ -51,6 +52,13 @@ async fn handle(
         ctx.metrics.failure(DIRECTION, "unknown_target");
         return reset(downstream);
     };
+    if ctx.settings.bypass_protection
+        && let Err(bypass) = bypass::check(&snapshot, &workload, None)
+    {
+        ctx.metrics.failure(DIRECTION, bypass::BYPASS_REASON);
+        info!(src.addr = %peer, dst.addr = %dst, reason = %bypass, "plaintext connection bypassed the waypoint; reset");
+        return reset(downstream);
+    }
     let connection = Connection {
         src_identity: None,
         src_ip: peer.ip(),

@@ -17,16 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ProxyContext;
-use crate::hbone::{
-    ClientSettings, Dialer, HboneClient, HboneServer, ServerConfigSelector, ServerSettings,
-};
+use crate::hbone::{ClientSettings, Dialer, HboneClient, HboneServer, ServerSettings};
 use crate::identity::SpiffeId;
 use crate::inpod::{
     EnrollmentEvent, HBONE_PORT, INBOUND_CAPTURE_PORT, Netns, NetnsError, OUTBOUND_CAPTURE_PORT,
     PROXY_MARK, PodUid, RulesError, bind_listener, rules,
 };
 use crate::state::{DiscoverySnapshot, Tunnel, WorkloadInfo};
-use crate::tls::server_config;
 
 /// A captured pod, as its connection handlers see it.
 pub struct PodCapture {
@@ -352,7 +349,7 @@ async fn start_capture(
     );
     let server = HboneServer::new(
         super::inbound::InboundHandler::new(ctx.clone(), pod.clone()),
-        config_selector(ctx, &pod),
+        super::rotating_server_config(ctx.certs.clone(), pod.identity.clone(), ctx.trust.clone()),
         ServerSettings {
             drain_deadline: ctx.settings.drain_deadline,
             ..ServerSettings::default()
@@ -401,31 +398,5 @@ fn pod_dialer(netns: Arc<Netns>) -> Dialer {
                 .await
                 .map_err(std::io::Error::other)
         })
-    })
-}
-
-/// The TLS configuration of the pod's HBONE server: its current certificate, rebuilt only
-/// when the certificate rotates.
-fn config_selector(ctx: &Arc<ProxyContext>, pod: &Arc<PodCapture>) -> ServerConfigSelector {
-    type Cached = Option<(
-        Arc<crate::tls::WorkloadCertificate>,
-        Arc<rustls::ServerConfig>,
-    )>;
-    let cache: Arc<std::sync::Mutex<Cached>> = Arc::default();
-    let ctx = ctx.clone();
-    let identity = pod.identity.clone();
-    Arc::new(move |_local| {
-        let cert = ctx.certs.current(&identity)?;
-        let mut cached = cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((held, config)) = cached.as_ref()
-            && Arc::ptr_eq(held, &cert)
-        {
-            return Some(config.clone());
-        }
-        let config = server_config(&cert, &ctx.trust).ok()?;
-        *cached = Some((cert, config.clone()));
-        Some(config)
     })
 }

@@ -160,3 +160,22 @@ fn a_node_runs_the_identities_of_its_pods_only() {
     assert!(!state.node_runs_identity("node-1", "sho", "cart"));
     assert_eq!(state.pods_on_node("node-1").count(), 1);
 }
+
+#[test]
+fn a_waypoint_token_runs_only_the_identities_of_waypoint_pods() {
+    let mut state = DesiredState::default();
+    let mut cart = pod("shop", "cart-0", Labels::new());
+    cart.service_account = "cart".into();
+    state.pods.insert(cart.namespaced_name(), cart);
+    let mut waypoint = pod(
+        "shop",
+        "wp-0",
+        Labels::from([("gateway.networking.k8s.io/gateway-name".into(), "wp".into())]),
+    );
+    waypoint.service_account = "wp".into();
+    state.pods.insert(waypoint.namespaced_name(), waypoint);
+    assert!(state.node_runs_waypoint_identity("node-1", "shop", "wp"));
+    assert!(!state.node_runs_waypoint_identity("node-1", "shop", "cart"));
+    assert!(!state.node_runs_waypoint_identity("node-2", "shop", "wp"));
+    assert!(state.node_runs_identity("node-1", "shop", "cart"));
+}

@@ -42,6 +42,37 @@ fn ack(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
     }
 }
 
+/// The connection's answers as the proxy receives them.
+trait Built {
+    fn on_request_built(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        snapshot: &ResourceSnapshot,
+    ) -> (Option<Acknowledgement>, Vec<DeltaDiscoveryResponse>);
+    fn on_snapshot_built(&mut self, snapshot: &ResourceSnapshot) -> Vec<DeltaDiscoveryResponse>;
+}
+
+impl Built for AdsConnection {
+    fn on_request_built(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        snapshot: &ResourceSnapshot,
+    ) -> (Option<Acknowledgement>, Vec<DeltaDiscoveryResponse>) {
+        let (ack, pending) = self.on_request(request, snapshot);
+        (
+            ack,
+            pending.into_iter().map(PendingResponse::build).collect(),
+        )
+    }
+
+    fn on_snapshot_built(&mut self, snapshot: &ResourceSnapshot) -> Vec<DeltaDiscoveryResponse> {
+        self.on_snapshot(snapshot)
+            .into_iter()
+            .map(PendingResponse::build)
+            .collect()
+    }
+}
+
 fn names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
     response.resources.iter().map(|r| r.name.as_str()).collect()
 }
@@ -49,24 +80,25 @@ fn names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
 #[test]
 fn wildcard_subscription_gets_everything_then_only_changes() {
     let mut conn = AdsConnection::default();
-    let (ack0, first) = conn.on_request(subscribe(T, &[]), &snapshot(1, &[("a", 1), ("b", 1)]));
+    let (ack0, first) =
+        conn.on_request_built(subscribe(T, &[]), &snapshot(1, &[("a", 1), ("b", 1)]));
     assert_eq!(ack0, None);
     assert_eq!(first.len(), 1);
     assert_eq!(names(&first[0]), ["a", "b"]);
     assert_eq!(first[0].system_version_info, "1");
 
-    let changed = conn.on_snapshot(&snapshot(2, &[("a", 1), ("b", 2), ("c", 1)]));
+    let changed = conn.on_snapshot_built(&snapshot(2, &[("a", 1), ("b", 2), ("c", 1)]));
     assert_eq!(changed.len(), 1);
     assert_eq!(names(&changed[0]), ["b", "c"]);
     assert!(changed[0].removed_resources.is_empty());
 
-    let removed = conn.on_snapshot(&snapshot(3, &[("b", 2), ("c", 1)]));
+    let removed = conn.on_snapshot_built(&snapshot(3, &[("b", 2), ("c", 1)]));
     assert_eq!(removed.len(), 1);
     assert!(removed[0].resources.is_empty());
     assert_eq!(removed[0].removed_resources, ["a"]);
 
     assert!(
-        conn.on_snapshot(&snapshot(4, &[("b", 2), ("c", 1)]))
+        conn.on_snapshot_built(&snapshot(4, &[("b", 2), ("c", 1)]))
             .is_empty(),
         "nothing changed"
     );
@@ -75,7 +107,7 @@ fn wildcard_subscription_gets_everything_then_only_changes() {
 #[test]
 fn first_answer_is_sent_even_when_the_type_is_empty() {
     let mut conn = AdsConnection::default();
-    let (_, first) = conn.on_request(subscribe(U, &[]), &snapshot(1, &[("a", 1)]));
+    let (_, first) = conn.on_request_built(subscribe(U, &[]), &snapshot(1, &[("a", 1)]));
     assert_eq!(first.len(), 1);
     assert!(first[0].resources.is_empty());
     assert_eq!(first[0].type_url, U);
@@ -85,20 +117,20 @@ fn first_answer_is_sent_even_when_the_type_is_empty() {
 fn named_subscriptions_get_only_their_names() {
     let mut conn = AdsConnection::default();
     let snap = snapshot(1, &[("a", 1), ("b", 1), ("c", 1)]);
-    let (_, first) = conn.on_request(subscribe(T, &["b"]), &snap);
+    let (_, first) = conn.on_request_built(subscribe(T, &["b"]), &snap);
     assert_eq!(names(&first[0]), ["b"]);
-    let (_, more) = conn.on_request(subscribe(T, &["c"]), &snap);
+    let (_, more) = conn.on_request_built(subscribe(T, &["c"]), &snap);
     assert_eq!(names(&more[0]), ["c"]);
-    let changed = conn.on_snapshot(&snapshot(2, &[("a", 9), ("b", 1), ("c", 1)]));
+    let changed = conn.on_snapshot_built(&snapshot(2, &[("a", 9), ("b", 1), ("c", 1)]));
     assert!(changed.is_empty(), "a is not subscribed");
     let unsub = DeltaDiscoveryRequest {
         type_url: T.to_string(),
         resource_names_unsubscribe: vec!["c".to_string()],
         ..Default::default()
     };
-    conn.on_request(unsub, &snap);
+    conn.on_request_built(unsub, &snap);
     assert!(
-        conn.on_snapshot(&snapshot(3, &[("b", 1), ("c", 5)]))
+        conn.on_snapshot_built(&snapshot(3, &[("b", 1), ("c", 5)]))
             .is_empty()
     );
 }
@@ -118,7 +150,7 @@ fn reconnect_with_initial_versions_sends_only_the_difference() {
         .into(),
         ..Default::default()
     };
-    let (_, first) = conn.on_request(request, &snap);
+    let (_, first) = conn.on_request_built(request, &snap);
     assert_eq!(first.len(), 1);
     assert_eq!(names(&first[0]), ["b"]);
     assert_eq!(first[0].removed_resources, ["gone"]);
@@ -127,8 +159,8 @@ fn reconnect_with_initial_versions_sends_only_the_difference() {
 #[test]
 fn acks_and_nacks_are_tracked_per_type() {
     let mut conn = AdsConnection::default();
-    let (_, first) = conn.on_request(subscribe(T, &[]), &snapshot(1, &[("a", 1)]));
-    let (got, none) = conn.on_request(ack(T, &first[0].nonce), &snapshot(1, &[("a", 1)]));
+    let (_, first) = conn.on_request_built(subscribe(T, &[]), &snapshot(1, &[("a", 1)]));
+    let (got, none) = conn.on_request_built(ack(T, &first[0].nonce), &snapshot(1, &[("a", 1)]));
     assert!(none.is_empty(), "an ACK alone asks for nothing");
     assert_eq!(
         got,
@@ -139,7 +171,7 @@ fn acks_and_nacks_are_tracked_per_type() {
     );
     assert_eq!(conn.status()[T].acked_version, Some(1));
 
-    let pushed = conn.on_snapshot(&snapshot(2, &[("a", 2)]));
+    let pushed = conn.on_snapshot_built(&snapshot(2, &[("a", 2)]));
     let nack = DeltaDiscoveryRequest {
         error_detail: Some(Status {
             code: 3,
@@ -148,7 +180,7 @@ fn acks_and_nacks_are_tracked_per_type() {
         }),
         ..ack(T, &pushed[0].nonce)
     };
-    let (got, _) = conn.on_request(nack, &snapshot(2, &[("a", 2)]));
+    let (got, _) = conn.on_request_built(nack, &snapshot(2, &[("a", 2)]));
     assert!(matches!(
         got,
         Some(Acknowledgement::Nack { version: 2, .. })
@@ -167,8 +199,8 @@ fn acks_and_nacks_are_tracked_per_type() {
 #[test]
 fn unknown_nonces_acknowledge_nothing() {
     let mut conn = AdsConnection::default();
-    conn.on_request(subscribe(T, &[]), &snapshot(1, &[("a", 1)]));
-    let (got, _) = conn.on_request(ack(T, "forged"), &snapshot(1, &[("a", 1)]));
+    conn.on_request_built(subscribe(T, &[]), &snapshot(1, &[("a", 1)]));
+    let (got, _) = conn.on_request_built(ack(T, "forged"), &snapshot(1, &[("a", 1)]));
     assert_eq!(got, None);
     assert_eq!(conn.status()[T].acked_version, None);
 }
@@ -191,7 +223,7 @@ fn large_first_syncs_are_split_under_the_message_limit() {
         .collect();
     let snap = ResourceSnapshot::new(1, BTreeMap::from([(T.to_string(), list)]));
     let mut conn = AdsConnection::default();
-    let (_, responses) = conn.on_request(subscribe(T, &[]), &snap);
+    let (_, responses) = conn.on_request_built(subscribe(T, &[]), &snap);
     assert!(
         responses.len() >= 3,
         "600 x 4 KiB must take several responses"
@@ -236,13 +268,13 @@ fn published_changes_give_what_a_full_comparison_gives() {
     let mut fast = AdsConnection::default();
     let mut full = AdsConnection::default();
     let mut previous = snapshot(1, steps[0]);
-    fast.on_request(subscribe(T, &["a", "b", "d"]), &previous);
-    full.on_request(subscribe(T, &["a", "b", "d"]), &previous);
+    fast.on_request_built(subscribe(T, &["a", "b", "d"]), &previous);
+    full.on_request_built(subscribe(T, &["a", "b", "d"]), &previous);
     for (i, step) in steps.iter().enumerate().skip(1) {
         let generation = i as u64 + 1;
         let next = published(&previous, generation, step);
-        let got = fast.on_snapshot(&next);
-        let want = full.on_snapshot(&snapshot(generation, step));
+        let got = fast.on_snapshot_built(&next);
+        let want = full.on_snapshot_built(&snapshot(generation, step));
         let strip = |responses: Vec<DeltaDiscoveryResponse>| {
             responses
                 .into_iter()
@@ -251,7 +283,7 @@ fn published_changes_give_what_a_full_comparison_gives() {
         };
         assert_eq!(strip(got), strip(want), "step {i}");
         assert!(
-            fast.on_snapshot(&next).is_empty(),
+            fast.on_snapshot_built(&next).is_empty(),
             "a snapshot is handled once"
         );
         previous = next;
@@ -262,11 +294,11 @@ fn published_changes_give_what_a_full_comparison_gives() {
 fn a_proxy_that_missed_a_snapshot_is_compared_in_full() {
     let mut conn = AdsConnection::default();
     let first = snapshot(1, &[("a", 1), ("b", 1)]);
-    conn.on_request(subscribe(T, &[]), &first);
+    conn.on_request_built(subscribe(T, &[]), &first);
     let second = published(&first, 2, &[("a", 2), ("b", 1)]);
     // The stream never saw generation 2: its changes alone would lose a's update.
     let third = published(&second, 3, &[("a", 2), ("b", 1), ("c", 1)]);
-    let pushed = conn.on_snapshot(&third);
+    let pushed = conn.on_snapshot_built(&third);
     assert_eq!(names(&pushed[0]), ["a", "c"]);
 }
 
@@ -290,13 +322,13 @@ fn a_request_does_not_hide_a_snapshot_from_the_other_types() {
         )
     };
     let first = types(1, 1, 1);
-    conn.on_request(subscribe(T, &[]), &first);
-    conn.on_request(subscribe(U, &[]), &first);
+    conn.on_request_built(subscribe(T, &[]), &first);
+    conn.on_request_built(subscribe(U, &[]), &first);
     let second = types(2, 2, 2).with_changes_since(&first);
     // The proxy widens its subscription of T before the stream handles the new snapshot.
-    let (_, for_t) = conn.on_request(subscribe(T, &["extra"]), &second);
+    let (_, for_t) = conn.on_request_built(subscribe(T, &["extra"]), &second);
     assert_eq!(names(&for_t[0]), ["t"]);
-    let pushed = conn.on_snapshot(&second);
+    let pushed = conn.on_snapshot_built(&second);
     assert_eq!(
         pushed.len(),
         1,

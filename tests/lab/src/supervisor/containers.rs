@@ -47,6 +47,9 @@ pub struct PodLaunch {
     pub dir: PathBuf,
     /// A directory put first on the containers' PATH (the lab's binaries, e.g. `testapp`).
     pub bin_dir: PathBuf,
+    /// Environment the lab gives every container of the pod (a waypoint's credentials);
+    /// the containers' own `env` wins.
+    pub env: BTreeMap<String, String>,
 }
 
 /// What a pod's containers are doing, shared with the status report.
@@ -233,6 +236,7 @@ fn spawn(launch: &PodLaunch, spec: &ContainerSpec, argv: &[String]) -> std::io::
         .env("POD_NAMESPACE", &launch.pod.namespace)
         .env("POD_IP", launch.ip.to_string())
         .env("NODE_NAME", &launch.node)
+        .envs(&launch.env)
         .envs(&spec.env)
         .current_dir(&launch.dir)
         .stdin(Stdio::null())

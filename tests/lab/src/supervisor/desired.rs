@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use controller::store::object::{DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE};
 use serde::Deserialize;
 
 use crate::status_client::{StatusClient, StatusClientError};
@@ -22,12 +23,23 @@ pub struct DesiredPod {
     /// Whether the controller counts it in the mesh.
     #[serde(default)]
     pub enrolled: bool,
+    /// Its labels (a waypoint's get credentials from the lab).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// What it runs.
     #[serde(default)]
     pub containers: Vec<ContainerSpec>,
 }
 
 impl DesiredPod {
+    /// Whether the pod opted out of the mesh itself (`istio.io/dataplane-mode: none`, as a
+    /// waypoint does): the node agent does not hand it to the ztunnel, as Istio's CNI agent
+    /// does not, so it is never captured, not even when its record says HBONE because it
+    /// speaks HBONE itself.
+    pub fn opted_out(&self) -> bool {
+        self.labels.get(DATAPLANE_MODE_LABEL).map(String::as_str) == Some(DATAPLANE_MODE_NONE)
+    }
+
     /// `namespace/name`.
     pub fn key(&self) -> PodKey {
         PodKey {

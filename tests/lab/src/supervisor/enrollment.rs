@@ -1,7 +1,9 @@
 //! The lab's CNI node agent: one task per node keeps a connection to the node's ztunnel
-//! enrollment socket and tells it about every pod on the node (add when the pod is created,
+//! enrollment socket and tells it about the pods on the node (add when the pod is created,
 //! remove when it goes, the full list after every (re)connect). ztunnel decides from its xDS
-//! view whether a pod is in the mesh; the agent tells it about all of them.
+//! view whether a pod is in the mesh; the agent tells it about every pod except those that
+//! opted out with `istio.io/dataplane-mode: none` (waypoints among them), as Istio's CNI
+//! agent does.
 //!
 //! A restarted ztunnel binds a new socket file; the agent notices the new file, reconnects and
 //! sends the full list, so pods are captured again without being restarted.

@@ -8,7 +8,8 @@
 //!   controller, is announced to its node's ztunnel ([`enrollment`]) and its containers start
 //!   ([`containers`]);
 //! - a pod that went away is stopped, unannounced, and its namespace, files and record removed;
-//! - hosts files and every node's service translation ([`services`]) follow the services.
+//! - hosts files and every node's service translation ([`services`]) follow the services;
+//! - a waypoint pod gets a token and the controller's address ([`waypoint`]).
 //!
 //! When the controller cannot be reached nothing changes: pods keep running until it answers
 //! again. What runs is written to `pods.json` for `status` and `exec`.
@@ -20,6 +21,7 @@ pub mod hosts;
 pub mod placement;
 pub mod pod;
 pub mod services;
+pub mod waypoint;
 
 mod reconcile;
 

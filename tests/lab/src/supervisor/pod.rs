@@ -1,6 +1,7 @@
 //! One pod's life in the lab, as a kubelet and a CNI plugin would run it: network first, then
 //! status, enrollment and containers; on removal the reverse.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use controller::store::{PodStatusError, PodStatusRecord, record_pod_status, remove_pod_status};
@@ -50,10 +51,14 @@ pub struct RunningPod {
     pub containers: Vec<ContainerSpec>,
     /// Whether the controller counts it in the mesh.
     pub enrolled: bool,
+    /// Whether the node agent told the ztunnel about it (every pod but those that opted out).
+    pub announced: bool,
     /// Whether its status record is written.
     pub recorded: bool,
     /// The hosts file last written.
     pub hosts: String,
+    /// Environment the lab adds to its containers (a waypoint's credentials).
+    pub env: BTreeMap<String, String>,
     /// Its processes.
     pub processes: Option<PodProcesses>,
 }
@@ -67,6 +72,8 @@ pub struct PodContext {
     pub paths: LabPaths,
     /// Where the lab's binaries are (first on the containers' PATH).
     pub bin_dir: PathBuf,
+    /// The validity of workload certificates the lab asks for, when not the default.
+    pub cert_ttl_secs: Option<u64>,
 }
 
 impl RunningPod {
@@ -102,8 +109,10 @@ impl RunningPod {
             netns,
             containers,
             enrolled: false,
+            announced: false,
             recorded: false,
             hosts,
+            env: BTreeMap::new(),
             processes: None,
         })
     }
@@ -132,9 +141,10 @@ impl RunningPod {
         Ok(())
     }
 
-    /// Starts the containers: after the node's ztunnel acknowledged the pod when there is an
-    /// agent, at once otherwise.
+    /// Starts the containers: after the node's ztunnel acknowledged the pod when it is
+    /// announced to an agent, at once otherwise.
     pub fn start(&mut self, ctx: &PodContext, agent: Option<&NodeAgent>) {
+        let agent = agent.filter(|_| self.announced);
         let launch = PodLaunch {
             pod: self.key.clone(),
             node: self.node_name(),
@@ -143,6 +153,7 @@ impl RunningPod {
             log: ctx.paths.pod_log(&self.key.namespace, &self.key.name),
             dir: ctx.paths.pod_dir(&self.key.namespace, &self.key.name),
             bin_dir: ctx.bin_dir.clone(),
+            env: self.env.clone(),
         };
         let processes = match agent {
             Some(agent) => {
@@ -152,6 +163,22 @@ impl RunningPod {
             None => PodProcesses::start(launch, self.containers.clone(), async {}),
         };
         self.processes = Some(processes);
+    }
+
+    /// Tells the node's ztunnel about the pod, or that it is gone from its view, when that
+    /// changed (the pod's opt-out label was set or removed).
+    pub async fn announce(&mut self, agent: Option<&NodeAgent>, announced: bool) {
+        if self.announced == announced {
+            return;
+        }
+        self.announced = announced;
+        let Some(agent) = agent else { return };
+        if announced {
+            // The containers run already; the acknowledgement is not waited for.
+            drop(agent.add(&self.uid(), &netns_path(&self.netns)));
+        } else {
+            agent.remove(&self.uid()).await;
+        }
     }
 
     /// Restarts the containers with a new spec (the pod stays enrolled).
@@ -172,8 +199,11 @@ impl RunningPod {
         if let Some(processes) = self.processes.take() {
             processes.stop().await;
         }
-        if let Some(agent) = agent {
+        if let Some(agent) = agent.filter(|_| self.announced) {
             agent.remove(&self.uid()).await;
+        }
+        if let Err(e) = super::waypoint::revoke(ctx, &self.key) {
+            tracing::warn!(pod = %self.key, "{e}");
         }
         // Anything else that entered the pod (an `exec` session) goes too.
         kill_remaining(&self.netns).await;

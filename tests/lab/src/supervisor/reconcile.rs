@@ -13,7 +13,8 @@ use super::hosts;
 use super::placement::Scheduler;
 use super::pod::{PodContext, RunningPod};
 use super::services::{self, ServiceRules};
-use crate::name::LabName;
+use super::waypoint;
+use crate::name::{self, LabName};
 use crate::paths::LabPaths;
 use crate::record::{LabRecord, PodReport, PodsReport};
 use crate::status_client::StatusClient;
@@ -65,6 +66,7 @@ impl Reconciler {
                 lab,
                 paths,
                 bin_dir: record.bin_dir.clone(),
+                cert_ttl_secs: record.cert_ttl_secs,
             },
             pods: BTreeMap::new(),
             next_id: 1,
@@ -116,6 +118,8 @@ impl Reconciler {
             match self.pods.get_mut(key) {
                 Some(running) => {
                     running.enrolled = pod.enrolled;
+                    let agent = self.agents.get(&running.place.node);
+                    running.announce(agent, !pod.opted_out()).await;
                     if running.containers != pod.containers {
                         info!(pod = %key, "containers changed; restarting them");
                         running
@@ -145,6 +149,17 @@ impl Reconciler {
             Ok(place) => place,
             Err(e) => return self.defer(key, e.to_string()),
         };
+        let env = if waypoint::is_waypoint(&pod.labels) {
+            match waypoint::credentials(&self.ctx, &key, &name::node_name(place.node)) {
+                Ok(env) => env,
+                Err(e) => {
+                    self.scheduler.release(place);
+                    return self.defer(key, e.to_string());
+                }
+            }
+        } else {
+            BTreeMap::new()
+        };
         let id = self.next_id;
         self.next_id += 1;
         let hosts = hosts::render(&key.namespace, &key.name, place.ip, &self.services);
@@ -160,6 +175,8 @@ impl Reconciler {
         {
             Ok(mut running) => {
                 running.enrolled = pod.enrolled;
+                running.announced = !pod.opted_out();
+                running.env = env;
                 if let Err(e) = running.record_status(&self.ctx) {
                     warn!(pod = %key, "{e}; retrying");
                 }
@@ -170,6 +187,9 @@ impl Reconciler {
             }
             Err(e) => {
                 self.scheduler.release(place);
+                if let Err(error) = waypoint::revoke(&self.ctx, &key) {
+                    warn!(pod = %key, "{error}");
+                }
                 self.defer(key, format!("cannot set up its network: {e}"));
             }
         }

@@ -41,9 +41,12 @@ pub struct ClientConfig {
 /// What a client reports to the benchmark.
 #[derive(Debug)]
 pub enum ClientEvent {
-    /// Every expected resource of both types arrived, `elapsed` after the client started
-    /// connecting.
-    Synced { elapsed: Duration },
+    /// At least the expected number of resources of both types arrived, `elapsed` after the
+    /// client started connecting; `received` is what arrived (addresses, authorizations).
+    Synced {
+        elapsed: Duration,
+        received: (usize, usize),
+    },
     /// A probe pod's workload arrived (and its ACK was queued) with this canonical revision,
     /// in a response of this snapshot generation.
     Probe {
@@ -127,6 +130,7 @@ async fn stream(
         if counts.add(&response, &config.expected) {
             let _ = events.send(ClientEvent::Synced {
                 elapsed: started.elapsed(),
+                received: (counts.addresses, counts.authorizations),
             });
         }
         if response.type_url == ADDRESS_TYPE_URL {

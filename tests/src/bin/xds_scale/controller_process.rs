@@ -43,7 +43,7 @@ pub fn issue_tokens(
     proxies: usize,
     nodes: usize,
 ) -> anyhow::Result<Vec<String>> {
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     (0..proxies)
         .map(|i| {
             let out = dir.join(format!("proxy-{i}"));

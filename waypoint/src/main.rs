@@ -1,0 +1,129 @@
+//! The `waypoint` binary: the shared L7 proxy, one per Gateway of class `istio-waypoint`.
+//!
+//! Every flag that the platform provides has an environment variable: the lab (and a pod
+//! spec) sets `MESH_CONTROLLER`, `MESH_ROOT_CERT`, `MESH_TOKEN_FILE`, `NODE_NAME`, `POD_NAME`
+//! and `POD_IP`, so the Deployment the controller generates only names the Gateway.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
+use waypoint::app::{WaypointConfig, run};
+
+#[derive(Parser)]
+#[command(name = "waypoint", version, about = "The mesh's shared L7 proxy")]
+struct Args {
+    /// The Gateway this waypoint runs for (its Service has the same name).
+    #[arg(long)]
+    name: String,
+    /// The Gateway's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// The service account the waypoint runs as; the Gateway's name by default.
+    #[arg(long)]
+    service_account: Option<String>,
+    /// This pod's name (for the proxy id); the Gateway's name by default.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// This pod's address.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<IpAddr>,
+    /// The node the pod runs on; its token is bound to it.
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// The controller's gRPC address (xDS and CA).
+    #[arg(long, env = "MESH_CONTROLLER", default_value = "controller:15012")]
+    controller: String,
+    /// The DNS name in the controller's serving certificate.
+    #[arg(long, env = "MESH_CONTROLLER_NAME", default_value = ztunnel::xds::DEFAULT_SERVER_NAME)]
+    controller_name: String,
+    /// The mesh trust bundle (PEM), e.g. the controller's `<state>/root-cert.pem`.
+    #[arg(long, env = "MESH_ROOT_CERT")]
+    root_cert: PathBuf,
+    /// The file holding the waypoint's bearer token.
+    #[arg(long, env = "MESH_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// The trust domain of the mesh.
+    #[arg(long, default_value = ztunnel::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// The suffix of service hostnames.
+    #[arg(long, default_value = ztunnel::xds::PROXY_DNS_DOMAIN)]
+    domain_suffix: String,
+    /// Where HBONE from the ztunnels arrives.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    hbone_addr: SocketAddr,
+    /// Admin endpoint (keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_addr: SocketAddr,
+    /// Metrics endpoint.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_addr: SocketAddr,
+    /// Readiness endpoint.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness_addr: SocketAddr,
+    /// Validity asked for the waypoint's certificate, in seconds.
+    #[arg(
+        long,
+        env = "MESH_CERT_VALIDITY_SECS",
+        default_value_t = ztunnel::cert_manager::DEFAULT_CERTIFICATE_VALIDITY.as_secs()
+    )]
+    cert_validity_secs: u64,
+    /// Data-path worker threads.
+    #[arg(long, default_value_t = 2)]
+    worker_threads: usize,
+    /// Seconds open tunnels may run on after SIGTERM.
+    #[arg(long, default_value_t = ztunnel::proxy::DRAIN_DEADLINE.as_secs())]
+    drain_deadline_secs: u64,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.json())
+            .init();
+    } else {
+        tracing_subscriber::registry().with(filter).with(fmt).init();
+    }
+    let set_level = Arc::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+    let config = WaypointConfig {
+        service_account: args.service_account.unwrap_or_else(|| args.name.clone()),
+        pod_name: args.pod_name.unwrap_or_else(|| args.name.clone()),
+        name: args.name,
+        namespace: args.namespace,
+        pod_ip: args.pod_ip,
+        node: args.node,
+        controller: args.controller,
+        controller_name: args.controller_name,
+        root_cert: args.root_cert,
+        token_file: args.token_file,
+        trust_domain: args.trust_domain,
+        domain_suffix: args.domain_suffix,
+        hbone_addr: args.hbone_addr,
+        admin_addr: args.admin_addr,
+        metrics_addr: args.metrics_addr,
+        readiness_addr: args.readiness_addr,
+        cert_validity: Duration::from_secs(args.cert_validity_secs),
+        worker_threads: args.worker_threads,
+        drain_deadline: Duration::from_secs(args.drain_deadline_secs),
+    };
+    run(config, set_level)
+}
