@@ -472,7 +472,15 @@ fn without_the_waypoint_traffic_goes_direct_again(lab: &Lab) {
         &["delete", "authorizationpolicy", "no-admin", "-n", NS],
     );
     meshctl_ok(lab, &["waypoint", "delete", "-n", NS]);
-    assert!(meshctl_ok(lab, &["waypoint", "list", "-n", NS]).contains("No waypoints."));
+    // The controller reads the manifest directory a moment after the edit.
+    lab.wait_until(
+        "the waypoint to leave the list",
+        Duration::from_secs(10),
+        || {
+            let list = meshctl_ok(lab, &["waypoint", "list", "-n", NS]);
+            list.contains("No waypoints.").then_some(()).ok_or(list)
+        },
+    );
     lab.wait_until(
         "the waypoint to drain and stop",
         Duration::from_secs(15),
