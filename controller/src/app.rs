@@ -21,6 +21,7 @@ use crate::ca::{
 };
 use crate::grpc::{self, ServingIdentity};
 use crate::status::{ModelReport, StatusApi};
+use crate::store::watcher::free_in_background;
 use crate::store::{DesiredState, Store, StoreConfig, StoreMetrics};
 use crate::translate::{TranslateConfig, translate};
 use crate::xds::{AdsMetrics, AdsService, ProxyRegistry, ResourceSnapshot};
@@ -278,12 +279,14 @@ async fn publish_translations(
         for w in &translation.warnings {
             warn!(object = %w.object, "{}", w.message);
         }
-        snapshots.send_replace(Arc::new(translation.snapshot));
+        let replaced = snapshots.send_replace(Arc::new(translation.snapshot));
         model.send_replace(Arc::new(ModelReport {
             generation,
             rejected,
             warnings: translation.warnings,
         }));
+        // Often the last reference to the old snapshot.
+        free_in_background(replaced);
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
             changed = desired.changed() => if changed.is_err() {

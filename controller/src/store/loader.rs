@@ -72,7 +72,9 @@ struct Origin {
 
 #[derive(Clone, Debug)]
 struct Accepted {
-    object: Object,
+    /// Shared with the cached parse of its file and with the next load: a load copies each
+    /// object only into the snapshot it makes.
+    object: Arc<Object>,
     origin: Origin,
 }
 
@@ -304,7 +306,7 @@ impl Round {
     fn plan_waypoints(&mut self) -> Vec<PlannedWaypoint> {
         let mut planned = Vec::new();
         for (key, accepted) in &self.candidates {
-            let Object::Gateway(gateway) = &accepted.object else {
+            let Object::Gateway(gateway) = &*accepted.object else {
                 continue;
             };
             if !gateway.is_waypoint {
@@ -352,7 +354,7 @@ impl Round {
         let declared = self
             .candidates
             .values()
-            .filter_map(|accepted| match &accepted.object {
+            .filter_map(|accepted| match &*accepted.object {
                 Object::Service(s) => Some((s.namespaced_name(), s.cluster_ip)),
                 _ => None,
             });
@@ -425,7 +427,7 @@ impl Round {
     ) -> DesiredState {
         let mut state = DesiredState::default();
         for accepted in self.candidates.values() {
-            match accepted.object.clone() {
+            match Object::clone(&accepted.object) {
                 Object::Namespace(ns) => {
                     state.namespaces.insert(ns.name.clone(), ns);
                 }

@@ -44,8 +44,9 @@ pub(crate) struct ParsedDocument {
     /// The object's key, when the document names a known kind and a name (even if the object is
     /// otherwise invalid: its last good version then stays in force).
     pub(crate) key: Option<ObjectKey>,
-    /// The object, or why it was refused.
-    pub(crate) result: Result<Object, Vec<Rejection>>,
+    /// The object, or why it was refused. Shared: the loader keeps it between loads and
+    /// hands it on without copying.
+    pub(crate) result: Result<Arc<Object>, Vec<Rejection>>,
 }
 
 /// Checks manifest text as the store would read it, without touching the desired state: the
@@ -76,7 +77,7 @@ pub fn validate_manifest_text(file: &str, text: &str) -> Result<Vec<Object>, Vec
                     ));
                 } else {
                     seen.insert(key, document.index);
-                    objects.push(object);
+                    objects.push(Arc::unwrap_or_clone(object));
                 }
             }
         }
@@ -196,12 +197,14 @@ fn parse_document(file: &Arc<str>, index: usize, mut value: Value) -> ParsedDocu
     strip_nulls(&mut value);
     let identity = Identity::read(&value);
     let key = identity.key();
-    let result = check_document(&identity, value).map_err(|problems| {
-        problems
-            .into_iter()
-            .map(|problem| identity.rejection(file, index, problem))
-            .collect()
-    });
+    let result = check_document(&identity, value)
+        .map(Arc::new)
+        .map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|problem| identity.rejection(file, index, problem))
+                .collect()
+        });
     ParsedDocument { index, key, result }
 }
 

@@ -168,18 +168,28 @@ async fn reload_on_change(
                 if changed {
                     log_rejections(&state);
                     publisher.send_replace(Arc::new(state));
-                    // `previous` is now most likely the last reference to the old state, and
-                    // freeing a large state takes milliseconds. Let the subscribers that were
-                    // just woken (the translation) start first.
+                    // Let the subscribers just woken (the translation) queue their work
+                    // before the old state is freed.
                     tokio::task::yield_now().await;
+                } else {
+                    free_in_background(state);
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "desired state not reloaded; the last one stays in force")
             }
         }
-        drop(previous);
+        // Most likely the last reference to the state just replaced.
+        free_in_background(previous);
     }
+}
+
+/// Frees a large value on the blocking pool, after the work queued there (a translation of
+/// the new state, typically). Freeing tens of thousands of objects takes milliseconds; on a
+/// runtime worker it would hold up the ADS streams, and next to the translation it would
+/// contend for the allocator's lock, since the loads and translations allocated that memory.
+pub fn free_in_background<T: Send + 'static>(value: T) {
+    tokio::task::spawn_blocking(move || drop(value));
 }
 
 fn log_rejections(state: &DesiredState) {

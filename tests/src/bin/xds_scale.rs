@@ -165,6 +165,9 @@ struct Measured {
     all_proxies_sync: Duration,
     /// In round order.
     changes: Vec<Duration>,
+    /// Controller CPU time (user + system) per round: the change itself, its pushes and ACKs,
+    /// and the status API polls that confirm the ACKs.
+    cpu_per_change: Duration,
     memory_synced: Memory,
     memory_end: Memory,
 }
@@ -263,6 +266,7 @@ async fn measure(
     let memory_synced = controller.memory()?;
 
     let mut changes = Vec::with_capacity(args.rounds);
+    let cpu_before = controller.cpu_time()?;
     for round in 1..=args.rounds {
         tokio::time::sleep(ROUND_PAUSE).await;
         let probe = (round - 1) % probes.len();
@@ -294,6 +298,7 @@ async fn measure(
             .await
             .with_context(|| format!("round {round}"))?;
     }
+    let cpu_per_change = (controller.cpu_time()? - cpu_before) / args.rounds.max(1) as u32;
     let memory_end = controller.memory()?;
     clients.abort_all();
     Ok(Measured {
@@ -301,6 +306,7 @@ async fn measure(
         per_proxy_sync,
         all_proxies_sync,
         changes,
+        cpu_per_change,
         memory_synced,
         memory_end,
     })
@@ -438,6 +444,10 @@ impl Report {
             ms(percentile(&changes, 99.0)),
             ms(changes.last().copied().unwrap_or_default()),
             ms(changes.first().copied().unwrap_or_default())
+        );
+        println!(
+            "controller CPU time per change (with its pushes, ACKs and status polls): {}",
+            ms(m.cpu_per_change)
         );
         println!(
             "controller memory: RSS ready {}, RSS synced+idle {}, RSS end {}, peak (VmHWM) {}",

@@ -162,6 +162,24 @@ impl ControllerProcess {
         }
     }
 
+    /// CPU time the controller used so far (user + system), from `/proc/<pid>/stat`.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        // The command name is in parentheses and may hold spaces: count fields after it.
+        let after_name = text.rsplit_once(')').context("no command name")?.1;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
+        let ticks: u64 = [11, 12]
+            .iter()
+            .map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+            .sum::<Option<u64>>()
+            .with_context(|| format!("{path} has no utime and stime"))?;
+        Ok(Duration::from_secs_f64(
+            ticks as f64 / clock_ticks_per_second(),
+        ))
+    }
+
     /// The controller's memory from `/proc/<pid>/status`.
     pub fn memory(&self) -> anyhow::Result<Memory> {
         let path = format!("/proc/{}/status", self.child.id());
@@ -198,6 +216,17 @@ impl Drop for ControllerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The kernel's clock tick for CPU times (`getconf CLK_TCK`; 100 on Linux nearly always).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// A GET over HTTP/1.0 (so the body is neither chunked nor kept alive): status code and body.
