@@ -32,7 +32,7 @@ use tonic::{Code, Request, Streaming};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// How long a stream must stay quiet to count as "nothing more was sent". Well above the
-/// store's debounce (50 ms) and a translation of a tiny mesh.
+/// store's debounce (10 ms) and a translation of a tiny mesh.
 const QUIET: Duration = Duration::from_millis(700);
 
 const ADDRESS: &str = mesh_proto::ADDRESS_TYPE_URL;

@@ -6,13 +6,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, reload};
 use waypoint::app::{WaypointConfig, run};
 
 #[derive(Parser)]
@@ -86,24 +82,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt.json())
-            .init();
-    } else {
-        tracing_subscriber::registry().with(filter).with(fmt).init();
-    }
-    let set_level = Arc::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    });
+    let set_level = ztunnel::admin::init_logging(args.log_json);
     let config = WaypointConfig {
         service_account: args.service_account.unwrap_or_else(|| args.name.clone()),
         pod_name: args.pod_name.unwrap_or_else(|| args.name.clone()),

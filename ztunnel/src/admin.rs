@@ -280,3 +280,31 @@ pub fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     *response.status_mut() = status;
     response
 }
+
+/// Sets up the proxy's logs on stderr (JSON lines when `json`; colours only on a terminal),
+/// filtered by `RUST_LOG` or `info`, and returns the setter `/logging` uses to change the
+/// filter at run time. Both proxies' binaries start with it.
+pub fn init_logging(json: bool) -> LogLevelSetter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, reload};
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if json {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.json())
+            .init();
+    } else {
+        tracing_subscriber::registry().with(filter).with(fmt).init();
+    }
+    Arc::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
+}

@@ -2,13 +2,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, reload};
 use ztunnel::app::{ZtunnelConfig, run};
 use ztunnel::proxy::ProxySettings;
 
@@ -72,24 +68,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(fmt.json())
-            .init();
-    } else {
-        tracing_subscriber::registry().with(filter).with(fmt).init();
-    }
-    let set_level = Arc::new(move |level: &str| {
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    });
+    let set_level = ztunnel::admin::init_logging(args.log_json);
     let config = ZtunnelConfig {
         node: args.node,
         node_ip: args.node_ip,
