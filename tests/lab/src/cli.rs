@@ -45,6 +45,10 @@ pub enum LabCommand {
         /// a short one shows rotation.
         #[arg(long)]
         cert_ttl_secs: Option<u64>,
+        /// An extra argument of every ztunnel, e.g. `--ztunnel-arg=--drain-deadline-secs=5`
+        /// or `--ztunnel-arg=--no-bypass-protection` (repeat for more); kept for restarts.
+        #[arg(long = "ztunnel-arg", value_name = "ARG", allow_hyphen_values = true)]
+        ztunnel_args: Vec<String>,
     },
     /// Stop every process and delete every namespace and file of the lab.
     Down,
@@ -78,6 +82,18 @@ pub enum LabCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Send a signal to the controller or a node's ztunnel and return at once (`restart`
+    /// stops and starts; this leaves the process to do what it does on the signal).
+    Signal {
+        /// `controller` or `ztunnel`.
+        component: String,
+        /// The node, for `ztunnel`.
+        #[arg(long)]
+        node: Option<String>,
+        /// The signal: TERM, INT, KILL, HUP, ... (with or without `SIG`).
+        #[arg(long, default_value = "TERM")]
+        signal: String,
+    },
     /// The guided tour: plaintext, then mTLS after enrolling, then a policy; removes the lab
     /// at the end unless --keep.
     Demo {
@@ -99,6 +115,9 @@ pub enum CliError {
         /// The command.
         what: &'static str,
     },
+    /// An unknown signal.
+    #[error("unknown signal {0:?}; use a name such as TERM, INT, KILL or HUP")]
+    UnknownSignal(String),
     /// An unknown component.
     #[error("unknown component {given:?}; use {expected}")]
     UnknownComponent {
@@ -120,6 +139,7 @@ pub async fn run(args: LabArgs, program_args: Vec<String>) -> anyhow::Result<i32
             no_ztunnel,
             no_context,
             cert_ttl_secs,
+            ztunnel_args,
         } => {
             let options = UpOptions {
                 name: lab,
@@ -129,6 +149,7 @@ pub async fn run(args: LabArgs, program_args: Vec<String>) -> anyhow::Result<i32
                 supervisor_argv: program_args,
                 write_context: !no_context,
                 cert_ttl_secs,
+                ztunnel_args,
             };
             up(options).await?;
         }
@@ -159,9 +180,19 @@ pub async fn run(args: LabArgs, program_args: Vec<String>) -> anyhow::Result<i32
             print_file(&inspect::log_path(&lab, &source)?)?;
         }
         LabCommand::Restart { component, node } => {
-            let component = parse_component(&component, node)?;
+            let component = parse_component(&component, node, "restart")?;
             lifecycle::restart(&lab, &component).await?;
             println!("restarted {component}");
+        }
+        LabCommand::Signal {
+            component,
+            node,
+            signal,
+        } => {
+            let component = parse_component(&component, node, "signal")?;
+            let signal = parse_signal(&signal)?;
+            let pid = lifecycle::signal(&lab, &component, signal)?;
+            println!("sent {} to {component} (pid {pid})", signal.as_str());
         }
         LabCommand::Supervise => crate::supervisor::run(&lab).await?,
         LabCommand::Demo { keep } => {
@@ -197,11 +228,15 @@ async fn up(mut options: UpOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_component(component: &str, node: Option<String>) -> Result<Component, CliError> {
+fn parse_component(
+    component: &str,
+    node: Option<String>,
+    what: &'static str,
+) -> Result<Component, CliError> {
     match component {
         "controller" => Ok(Component::Controller),
         "ztunnel" => Ok(Component::Ztunnel(
-            node.ok_or(CliError::NodeMissing { what: "restart" })?,
+            node.ok_or(CliError::NodeMissing { what })?,
         )),
         other => Err(CliError::UnknownComponent {
             given: other.to_string(),
@@ -210,9 +245,36 @@ fn parse_component(component: &str, node: Option<String>) -> Result<Component, C
     }
 }
 
+/// A signal by name: `TERM` or `SIGTERM`.
+fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, CliError> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse()
+        .map_err(|_| CliError::UnknownSignal(name.to_string()))
+}
+
 fn print_file(path: &Path) -> anyhow::Result<()> {
     let bytes =
         std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     std::io::stdout().write_all(&bytes)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::signal::Signal;
+
+    use super::parse_signal;
+
+    #[test]
+    fn signals_are_named_with_or_without_sig() {
+        assert_eq!(parse_signal("TERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("sigkill").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("SIGHUP").unwrap(), Signal::SIGHUP);
+        assert!(parse_signal("BOGUS").is_err());
+    }
 }

@@ -129,16 +129,12 @@ pub fn controller_argv(bin_dir: &Path, paths: &LabPaths) -> Vec<String> {
     ]
 }
 
-/// The command line of a node's ztunnel.
-pub fn ztunnel_argv(
-    bin_dir: &Path,
-    paths: &LabPaths,
-    node: &NodeRecord,
-    cert_ttl_secs: Option<u64>,
-) -> Vec<String> {
+/// The command line of a node's ztunnel: the lab's wiring, the certificate validity and the
+/// extra arguments `up` was given ([`LabRecord::ztunnel_args`]).
+pub fn ztunnel_argv(record: &LabRecord, paths: &LabPaths, node: &NodeRecord) -> Vec<String> {
     let name = node.name.as_str();
     let mut argv = vec![
-        bin_dir.join(ZTUNNEL_BIN).display().to_string(),
+        record.bin_dir.join(ZTUNNEL_BIN).display().to_string(),
         "--node".into(),
         name.into(),
         "--node-ip".into(),
@@ -160,9 +156,10 @@ pub fn ztunnel_argv(
         "--readiness-addr".into(),
         "0.0.0.0:15021".into(),
     ];
-    if let Some(ttl) = cert_ttl_secs {
+    if let Some(ttl) = record.cert_ttl_secs {
         argv.extend(["--cert-validity-secs".into(), ttl.to_string()]);
     }
+    argv.extend(record.ztunnel_args.iter().cloned());
     argv
 }
 
@@ -195,7 +192,7 @@ pub async fn start_ztunnel(
     paths: &LabPaths,
     node: &NodeRecord,
 ) -> Result<ProcessRecord, ComponentError> {
-    let argv = ztunnel_argv(&record.bin_dir, paths, node, record.cert_ttl_secs);
+    let argv = ztunnel_argv(record, paths, node);
     let socket = paths.enrollment_socket(&node.name);
     let _ = std::fs::remove_file(&socket);
     let process = process::spawn_detached(

@@ -36,5 +36,5 @@ pub mod sysctl;
 pub mod teardown;
 pub mod topology;
 
-pub use lifecycle::{Component, LifecycleError, UpOptions, down, restart, up};
+pub use lifecycle::{Component, LifecycleError, UpOptions, down, restart, signal, up};
 pub use name::{DEFAULT_LAB_NAME, LabName};

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use controller::auth::{AuthError, ProxyKind, Tokens};
+use nix::sys::signal::Signal;
 use tracing::info;
 
 use crate::addressing::MAX_NODES;
@@ -35,6 +36,8 @@ pub struct UpOptions {
     pub write_context: bool,
     /// Validity the ztunnels ask for workload certificates; short ones exercise rotation.
     pub cert_ttl_secs: Option<u64>,
+    /// Extra arguments of every ztunnel (`--drain-deadline-secs=5`, `--no-bypass-protection`).
+    pub ztunnel_args: Vec<String>,
 }
 
 /// What a lab component is, for `restart`.
@@ -113,6 +116,14 @@ pub enum LifecycleError {
     NoZtunnel {
         /// The lab.
         lab: String,
+    },
+    /// The component to signal does not run.
+    #[error("{component} of lab {lab} does not run")]
+    NotRunning {
+        /// The lab.
+        lab: String,
+        /// The component.
+        component: String,
     },
     /// `up` failed after it had started building; what it built is gone again.
     #[error("{source}\n(everything `up` had built was removed again)")]
@@ -198,6 +209,7 @@ async fn build_and_start(
         options.ztunnel,
     );
     record.cert_ttl_secs = options.cert_ttl_secs;
+    record.ztunnel_args = options.ztunnel_args.clone();
     prepare_state(paths, &record)?;
     topology::build(&options.name, options.nodes).await?;
     record.save(&paths.record())?;
@@ -260,6 +272,33 @@ fn prepare_state(paths: &LabPaths, record: &LabRecord) -> Result<(), LifecycleEr
 pub async fn down(lab: &LabName) -> Result<Teardown, LifecycleError> {
     preflight::require_root()?;
     Ok(teardown::teardown(lab, &LabPaths::new(lab)).await?)
+}
+
+/// Sends `signal` to a component of a running lab and returns its pid, without waiting for
+/// anything: a test watches what the process does with it (a ztunnel's drain on SIGTERM).
+/// Only the process the lab started is signalled, never a process that reused its pid.
+pub fn signal(lab: &LabName, component: &Component, signal: Signal) -> Result<u32, LifecycleError> {
+    preflight::require_root()?;
+    let record = LabRecord::load(lab, &LabPaths::new(lab).record())?;
+    let process = match component {
+        Component::Controller => record.controller.as_ref(),
+        Component::Ztunnel(node) => {
+            if !record.ztunnel {
+                return Err(LifecycleError::NoZtunnel {
+                    lab: lab.to_string(),
+                });
+            }
+            record.node(node)?.ztunnel.as_ref()
+        }
+    };
+    let process = process
+        .filter(|p| p.is_alive())
+        .ok_or_else(|| LifecycleError::NotRunning {
+            lab: lab.to_string(),
+            component: component.to_string(),
+        })?;
+    crate::process::signal(process.pid, signal);
+    Ok(process.pid)
 }
 
 /// Stops a component of a running lab and starts it again with the same command line; waits

@@ -87,6 +87,9 @@ pub struct LabRecord {
     /// Validity the ztunnels ask for workload certificates (their default when unset).
     #[serde(default)]
     pub cert_ttl_secs: Option<u64>,
+    /// Extra arguments of every ztunnel (e.g. `--drain-deadline-secs=5`), kept for restarts.
+    #[serde(default)]
+    pub ztunnel_args: Vec<String>,
 }
 
 impl LabRecord {
@@ -111,6 +114,7 @@ impl LabRecord {
             controller: None,
             supervisor: None,
             cert_ttl_secs: None,
+            ztunnel_args: Vec::new(),
         }
     }
 

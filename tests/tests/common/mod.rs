@@ -166,6 +166,64 @@ impl Lab {
             .unwrap_or_else(|| panic!("no live {component} in the lab"))
     }
 
+    /// Sends `signal` (`TERM`, `KILL`, ...) to a lab process (`controller`, or `ztunnel` with
+    /// its node) and returns its pid at once, without waiting for it to act.
+    pub fn signal(&self, component: &str, node: Option<&str>, signal: &str) -> u32 {
+        let mut args = vec!["signal", component, "--signal", signal];
+        if let Some(node) = node {
+            args.extend(["--node", node]);
+        }
+        let out = self.lab(&args);
+        assert!(out.status.success(), "mesh-lab {args:?}: {}", text(&out));
+        let component = match node {
+            Some(node) => format!("{component} {node}"),
+            None => component.to_string(),
+        };
+        let status = self.driver.status().unwrap_or_else(|e| panic!("{e}"));
+        status["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["component"] == component.as_str())
+            .and_then(|p| p["pid"].as_u64())
+            .map(|pid| pid as u32)
+            .unwrap_or_else(|| panic!("the lab lists no {component}: {status}"))
+    }
+
+    /// Removes the lab now and checks that nothing of it is left: no namespace, no process
+    /// started with its state directory, no state directory. (Dropping the lab runs `down`
+    /// again, which then finds nothing.)
+    pub fn down_and_check_clean(&self) {
+        let out = self.lab(&["down"]);
+        assert!(out.status.success(), "mesh-lab down: {}", text(&out));
+        let name = &self.driver.name;
+        let listed = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns list");
+        let namespaces: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|ns| name.owns_netns(ns))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            namespaces.is_empty(),
+            "namespaces of lab {name} remain: {namespaces:?}"
+        );
+        let state = self.state();
+        let state_text = state.display().to_string();
+        let processes = mesh_lab::process::find(|argv| {
+            argv.iter().any(|a| a.contains(&state_text))
+                || mesh_lab::teardown::is_supervisor_of(argv, name)
+        });
+        assert!(
+            processes.is_empty(),
+            "processes of lab {name} remain: {processes:?}"
+        );
+        assert!(!state.exists(), "{} remains", state.display());
+    }
+
     /// The pods of the lab with their placement and restart counts.
     pub fn pods(&self) -> Vec<serde_json::Value> {
         self.driver.pods().unwrap_or_else(|e| panic!("{e}"))
