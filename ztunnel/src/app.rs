@@ -19,7 +19,8 @@ use crate::cert_manager::{
 use crate::hbone::{ClientMetrics, ServerMetrics};
 use crate::inpod::EnrollmentServer;
 use crate::proxy::{
-    BoxedSource, ConnectionMetrics, ConnectionTracker, PodManager, ProxyContext, ProxySettings,
+    BoxedSource, ConnectionCount, ConnectionMetrics, ConnectionTracker, PodManager, ProxyContext,
+    ProxySettings,
 };
 use crate::state::{DiscoveryStore, MeshDefaults};
 use crate::tls::TrustBundle;
@@ -129,6 +130,7 @@ pub fn run(config: ZtunnelConfig, set_log_level: LogLevelSetter) -> anyhow::Resu
         client_metrics: ClientMetrics::new(&mut registry),
         server_metrics: ServerMetrics::new(&mut registry),
         tracker: ConnectionTracker::default(),
+        accepted: ConnectionCount::default(),
         settings: config.proxy.clone(),
     });
     let (shutdown_tx, shutdown) = watch::channel(false);

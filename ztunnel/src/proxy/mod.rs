@@ -28,6 +28,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -145,6 +146,9 @@ pub struct ProxyContext {
     pub server_metrics: ServerMetrics,
     /// Open inbound connections, for policy re-evaluation.
     pub tracker: ConnectionTracker,
+    /// Connections the pods' outbound and plaintext listeners accepted and that are still
+    /// open, so that a drain can wait for them (HBONE tunnels are in `tracker`).
+    pub accepted: ConnectionCount,
     /// Settings.
     pub settings: ProxySettings,
 }
@@ -156,13 +160,41 @@ impl ProxyContext {
     }
 }
 
+/// How many connections are open; each holds a [`CountedConnection`] until it ends.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionCount(Arc<AtomicUsize>);
+
+/// One open connection of a [`ConnectionCount`]; uncounted when dropped, also on abort.
+#[derive(Debug)]
+pub struct CountedConnection(Arc<AtomicUsize>);
+
+impl ConnectionCount {
+    /// Counts one more open connection until the returned guard is dropped.
+    pub fn open(&self) -> CountedConnection {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        CountedConnection(self.0.clone())
+    }
+
+    /// How many are open.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for CountedConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections until `stop`, spawning `handle` for each one in a span named after
-/// `direction` with a connection id. An accept error (e.g. too many open files) is logged and
-/// retried after a pause; it never ends the loop.
+/// `direction` with a connection id, counted in `open` while it runs. An accept error (e.g.
+/// too many open files) is logged and retried after a pause; it never ends the loop.
 pub async fn accept_loop<F, Fut>(
     listener: tokio::net::TcpListener,
     mut stop: watch::Receiver<bool>,
     direction: &'static str,
+    open: &ConnectionCount,
     handle: F,
 ) where
     F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
@@ -176,7 +208,15 @@ pub async fn accept_loop<F, Fut>(
                 Ok((stream, peer)) => {
                     id += 1;
                     let span = tracing::debug_span!("connection", direction, id, src.addr = %peer);
-                    tokio::spawn(handle(stream, peer).instrument(span));
+                    let counted = open.open();
+                    let task = handle(stream, peer);
+                    tokio::spawn(
+                        async move {
+                            task.await;
+                            drop(counted);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Err(error) => {
                     tracing::warn!(direction, %error, "accept failed");

@@ -27,7 +27,8 @@ pub async fn serve(
     listener: TcpListener,
     stop: watch::Receiver<bool>,
 ) {
-    super::accept_loop(listener, stop, DIRECTION, move |stream, peer| {
+    let open = ctx.accepted.clone();
+    super::accept_loop(listener, stop, DIRECTION, &open, move |stream, peer| {
         handle(ctx.clone(), pod.clone(), stream, peer)
     })
     .await;

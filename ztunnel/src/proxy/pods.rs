@@ -6,6 +6,12 @@
 //! node. Capturing installs the redirection rules, starts the listeners inside the pod's
 //! namespace and asks for the pod's certificate; releasing stops the listeners, closes the
 //! pod's connections and removes the rules. Neither restarts the pod.
+//!
+//! Shutting down (SIGTERM) is not releasing: the listeners close and open connections get
+//! the drain deadline, but the rules stay. A pod in the mesh must never talk around the
+//! tunnel, so while no tunnel runs its connections are redirected to closed ports and refused
+//! (fail closed) until the next ztunnel captures it again (installing is idempotent). A pod
+//! that left the mesh meanwhile loses those stale rules as soon as discovery says so.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -62,6 +68,19 @@ struct Capture {
 struct AnnouncedPod {
     netns: Arc<Netns>,
     capture: Option<Capture>,
+    /// Whether the pod's namespace may hold redirection rules while it is not captured: left
+    /// by an earlier ztunnel process that shut down, until this one removes them.
+    stale_rules: bool,
+}
+
+impl AnnouncedPod {
+    fn new(netns: Netns) -> Self {
+        Self {
+            netns: Arc::new(netns),
+            capture: None,
+            stale_rules: true,
+        }
+    }
 }
 
 /// One announced pod, as the admin API shows it.
@@ -153,13 +172,7 @@ impl PodManager {
         match event {
             EnrollmentEvent::Add { uid, netns, reply } => {
                 self.forget(&uid).await;
-                self.pods.insert(
-                    uid.clone(),
-                    AnnouncedPod {
-                        netns: Arc::new(netns),
-                        capture: None,
-                    },
-                );
+                self.pods.insert(uid.clone(), AnnouncedPod::new(netns));
                 reply.send(self.reconcile(&uid, &snapshot).await);
             }
             EnrollmentEvent::Remove { uid, reply } => {
@@ -180,13 +193,7 @@ impl PodManager {
                 let mut failures = Vec::new();
                 for (uid, netns) in wanted {
                     if !self.pods.contains_key(&uid) {
-                        self.pods.insert(
-                            uid.clone(),
-                            AnnouncedPod {
-                                netns: Arc::new(netns),
-                                capture: None,
-                            },
-                        );
+                        self.pods.insert(uid.clone(), AnnouncedPod::new(netns));
                     }
                     if let Err(e) = self.reconcile(&uid, &snapshot).await {
                         failures.push(format!("{uid}: {e}"));
@@ -216,8 +223,9 @@ impl PodManager {
         uid: &PodUid,
         snapshot: &DiscoverySnapshot,
     ) -> Result<(), String> {
-        let workload = snapshot
-            .workload_by_uid(uid.as_str())
+        let known = snapshot.workload_by_uid(uid.as_str());
+        let workload = known
+            .clone()
             .filter(|w| w.tunnel == Tunnel::Hbone && *w.node == *self.ctx.node);
         let Some(pod) = self.pods.get_mut(uid) else {
             return Ok(());
@@ -230,13 +238,24 @@ impl PodManager {
             }
             (Some(_), Some(w)) => {
                 let capture = pod.capture.take().expect("checked above");
-                release(&self.ctx, capture, false).await;
+                release(&self.ctx, capture, Rules::Keep).await;
                 self.capture(uid, w).await
             }
             (None, Some(w)) => self.capture(uid, w).await,
             (Some(_), None) => {
                 let capture = pod.capture.take().expect("checked above");
-                release(&self.ctx, capture, true).await;
+                release(&self.ctx, capture, Rules::Remove).await;
+                pod.stale_rules = false;
+                Ok(())
+            }
+            // Only a workload discovery knows to be outside the mesh loses stale rules: an
+            // unknown one (discovery not synced yet, say) keeps them and stays fail closed.
+            (None, None) if pod.stale_rules && known.is_some() => {
+                rules::remove(&pod.netns)
+                    .await
+                    .map_err(|e| format!("cannot remove stale redirection rules: {e}"))?;
+                info!(pod = %uid, "removed the redirection rules an earlier ztunnel left");
+                pod.stale_rules = false;
                 Ok(())
             }
             (None, None) => Ok(()),
@@ -251,6 +270,7 @@ impl PodManager {
             Ok(capture) => {
                 info!(pod = %uid, identity = %workload.identity, ip = %capture.pod.ip, "pod captured");
                 pod.capture = Some(capture);
+                pod.stale_rules = true;
                 Ok(())
             }
             Err(error) => Err(error.to_string()),
@@ -259,7 +279,7 @@ impl PodManager {
 
     async fn forget(&mut self, uid: &PodUid) {
         if let Some(capture) = self.pods.remove(uid).and_then(|pod| pod.capture) {
-            release(&self.ctx, capture, true).await;
+            release(&self.ctx, capture, Rules::Remove).await;
         }
         self.forget_unused_identities();
     }
@@ -278,6 +298,9 @@ impl PodManager {
         }
     }
 
+    /// Shutdown: every listener closes at once; open connections (tunnels to the pods, their
+    /// outbound and plaintext connections) may finish until the drain deadline, then the ones
+    /// left are closed. The rules stay (see the module doc).
     async fn drain(&mut self) {
         let captures: Vec<Capture> = self
             .pods
@@ -290,19 +313,46 @@ impl PodManager {
         let deadline = self.ctx.settings.drain_deadline;
         info!(
             pods = captures.len(),
-            deadline_s = deadline.as_secs(),
-            "draining: listeners closed"
+            open = self.open_connections(),
+            deadline_s = deadline.as_secs_f64(),
+            "draining: listeners closed; open connections may finish until the deadline"
         );
-        let _ = tokio::time::timeout(deadline, async {
-            while !self.ctx.tracker.is_empty() {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let finished = tokio::time::timeout(deadline, async {
+            while self.open_connections() > 0 {
+                tokio::time::sleep(DRAIN_POLL).await;
             }
         })
         .await;
+        if finished.is_err() {
+            info!(
+                open = self.open_connections(),
+                "drain deadline passed; closing the connections still open"
+            );
+        }
+        for capture in &captures {
+            capture.pod.released.cancel();
+        }
         for capture in captures {
-            release(&self.ctx, capture, true).await;
+            release(&self.ctx, capture, Rules::Keep).await;
         }
     }
+
+    fn open_connections(&self) -> usize {
+        self.ctx.tracker.len() + self.ctx.accepted.get()
+    }
+}
+
+/// How often a drain looks whether every connection has finished.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether releasing a capture removes the pod's redirection rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rules {
+    /// The pod left the mesh or is gone.
+    Remove,
+    /// The pod is captured again at once, or the tunnel shuts down and the pod must stay
+    /// fail closed.
+    Keep,
 }
 
 /// Installs the rules, opens the three listeners and starts serving them.
@@ -372,7 +422,7 @@ async fn start_capture(
 
 /// Stops a capture: listeners, then connections, then (when the pod leaves the mesh or is
 /// gone) the rules.
-async fn release(ctx: &ProxyContext, mut capture: Capture, remove_rules: bool) {
+async fn release(ctx: &ProxyContext, mut capture: Capture, fate: Rules) {
     let _ = capture.stop.send(true);
     capture.pod.released.cancel();
     ctx.tracker.close_pod(&capture.pod.uid);
@@ -382,7 +432,9 @@ async fn release(ctx: &ProxyContext, mut capture: Capture, remove_rules: bool) {
     })
     .await;
     capture.tasks.abort_all();
-    if remove_rules && let Err(error) = rules::remove(&capture.pod.netns).await {
+    if fate == Rules::Remove
+        && let Err(error) = rules::remove(&capture.pod.netns).await
+    {
         warn!(pod = %capture.pod.uid, %error, "cannot remove the redirection rules");
     }
     info!(pod = %capture.pod.uid, "pod released");
