@@ -308,13 +308,25 @@ impl Lab {
     /// Starts an echo from `pod` to the demo server, held open for `hold_ms` and echoing
     /// every 100 ms; the caller waits for it.
     pub fn hold_echo(&self, pod: &str, message: &str, hold_ms: u64) -> std::process::Child {
+        self.hold_echo_to(pod, "server:9000", message, hold_ms)
+    }
+
+    /// Starts an echo from `pod` to `target` (`HOST:PORT`), held open for `hold_ms` and
+    /// echoing every 100 ms; the caller waits for it.
+    pub fn hold_echo_to(
+        &self,
+        pod: &str,
+        target: &str,
+        message: &str,
+        hold_ms: u64,
+    ) -> std::process::Child {
         std::process::Command::new(bin_dir().join("mesh-lab"))
             .env("MESH_LAB", &self.name)
             .args(["exec", pod, "--"])
             .arg(bin_dir().join("testapp"))
             .args([
                 "echo",
-                "server:9000",
+                target,
                 "--message",
                 message,
                 "--hold-ms",

@@ -9,7 +9,8 @@
 //! - [`plaintext`]: plaintext connections to the pod from outside the mesh (port 15006),
 //!   subject to policy without an identity.
 //! - [`bypass`]: a workload a waypoint serves accepts connections from that waypoint only.
-//! - [`tracker`]: open inbound connections, re-evaluated when policy changes.
+//! - [`tracker`]: open inbound connections, re-evaluated when discovery changes (policy,
+//!   waypoint bindings).
 //! - [`metrics`]: Istio's TCP metrics and one access-log line per connection.
 
 pub mod bypass;

@@ -156,9 +156,15 @@ impl PodManager {
                     let snapshot = discovery.borrow_and_update().clone();
                     self.reconcile_all(&snapshot).await;
                     self.publish();
-                    let closed = self.ctx.tracker.reevaluate(&snapshot);
-                    if closed > 0 {
-                        info!(closed, "policy change closed open connections");
+                    let revoked = self
+                        .ctx
+                        .tracker
+                        .reevaluate(&snapshot, self.ctx.settings.bypass_protection);
+                    for closed in &revoked {
+                        self.ctx.metrics.failure(closed.direction, closed.reason);
+                    }
+                    if !revoked.is_empty() {
+                        info!(closed = revoked.len(), "a discovery change closed open connections");
                     }
                 }
                 () = super::stopped(&mut shutdown) => break,

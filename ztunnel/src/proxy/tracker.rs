@@ -1,5 +1,10 @@
-//! Open inbound connections and the policy facts they were admitted with, so that a policy
-//! change re-evaluates them and closes the ones now denied (DESIGN.md, security invariants).
+//! Open inbound connections and the facts they were admitted with, so that a discovery change
+//! re-evaluates them and closes the ones it would not admit now (DESIGN.md, security
+//! invariants): a policy that now denies them, or a waypoint that now serves their destination
+//! when they did not come through it (bypass protection).
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::io;
@@ -12,9 +17,47 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::info;
 
+use super::bypass;
 use crate::inpod::PodUid;
 use crate::rbac::{self, Connection};
 use crate::state::DiscoverySnapshot;
+
+/// The failure direction of tunnelled (HBONE) inbound connections.
+const INBOUND: &str = "inbound";
+/// The failure direction of plaintext inbound connections.
+const INBOUND_PLAINTEXT: &str = "inbound_plaintext";
+
+/// An open connection that a re-evaluation closed, as the failure counter labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    /// `inbound` (HBONE) or `inbound_plaintext`.
+    pub direction: &'static str,
+    /// `bypassed_waypoint`, `policy_denied` or `unknown_target`.
+    pub reason: &'static str,
+}
+
+/// Whether `snapshot` would admit the tracked connection now, in the order the inbound
+/// handlers check: the destination workload, bypass protection, policy.
+fn admits(
+    snapshot: &DiscoverySnapshot,
+    tracked: &Tracked,
+    bypass_protection: bool,
+) -> Result<(), (&'static str, String)> {
+    let Some(workload) = snapshot.workload_by_uid(tracked.pod.as_str()) else {
+        return Err(("unknown_target", "the destination workload is gone".into()));
+    };
+    let connection = &tracked.connection;
+    if bypass_protection {
+        bypass::check(snapshot, &workload, connection.src_identity.as_ref())
+            .map_err(|e| (bypass::BYPASS_REASON, e.to_string()))?;
+    }
+    let decision = rbac::evaluate(snapshot.policies_for(&workload), connection);
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(("policy_denied", decision.reason.to_string()))
+    }
+}
 
 struct Tracked {
     pod: PodUid,
@@ -70,38 +113,38 @@ impl ConnectionTracker {
         }
     }
 
-    /// Re-evaluates every open connection against the policies of `snapshot` and closes
-    /// those now denied (or whose pod left the mesh). Returns how many were closed.
-    pub fn reevaluate(&self, snapshot: &DiscoverySnapshot) -> usize {
-        let mut closed = 0;
+    /// Re-evaluates every open connection against `snapshot` and closes those it would not
+    /// admit now: the workload is gone, bypass protection refuses it (a waypoint now serves
+    /// the workload and the connection did not come from it; only with `bypass_protection`),
+    /// or the policies deny it. Returns what was closed, one entry per connection.
+    pub fn reevaluate(
+        &self,
+        snapshot: &DiscoverySnapshot,
+        bypass_protection: bool,
+    ) -> Vec<Revoked> {
+        let mut revoked = Vec::new();
         for tracked in self.lock().values() {
             if tracked.cancel.is_cancelled() {
                 continue;
             }
-            let verdict = match snapshot.workload_by_uid(tracked.pod.as_str()) {
-                Some(workload) => {
-                    let decision =
-                        rbac::evaluate(snapshot.policies_for(&workload), &tracked.connection);
-                    decision
-                        .allowed
-                        .then_some(())
-                        .ok_or_else(|| decision.reason.to_string())
-                }
-                None => Err("the destination workload is gone".to_string()),
+            let Err((reason, detail)) = admits(snapshot, tracked, bypass_protection) else {
+                continue;
             };
-            if let Err(reason) = verdict {
-                info!(
-                    pod = %tracked.pod,
-                    src.addr = %tracked.connection.src_ip,
-                    dst.port = tracked.connection.dst_port,
-                    reason,
-                    "closing an open connection: policy now denies it"
-                );
-                tracked.cancel.cancel();
-                closed += 1;
+            let connection = &tracked.connection;
+            let direction = if connection.src_identity.is_some() {
+                INBOUND
+            } else {
+                INBOUND_PLAINTEXT
+            };
+            if reason == bypass::BYPASS_REASON {
+                info!(pod = %tracked.pod, src.addr = %connection.src_ip, dst.port = connection.dst_port, reason = %detail, "closing an open connection: it did not come through the waypoint that now serves its destination");
+            } else {
+                info!(pod = %tracked.pod, src.addr = %connection.src_ip, dst.port = connection.dst_port, reason = %detail, "closing an open connection: policy now denies it");
             }
+            tracked.cancel.cancel();
+            revoked.push(Revoked { direction, reason });
         }
-        closed
+        revoked
     }
 
     /// Closes every open connection of a pod (it left the mesh).
