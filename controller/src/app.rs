@@ -23,7 +23,7 @@ use crate::grpc::{self, ServingIdentity};
 use crate::status::{ModelReport, StatusApi};
 use crate::store::watcher::free_in_background;
 use crate::store::{DesiredState, Store, StoreConfig, StoreMetrics};
-use crate::translate::{TranslateConfig, translate};
+use crate::translate::{TranslateConfig, Translator};
 use crate::xds::{AdsMetrics, AdsService, ProxyRegistry, ResourceSnapshot};
 
 /// The default gRPC address (ADS and CA), Istio's secure xDS port.
@@ -258,28 +258,29 @@ async fn publish_translations(
     _store: Store,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut generation = 0;
+    let mut translator = Translator::new(config);
     loop {
         let state = desired.borrow_and_update().clone();
-        generation += 1;
-        let config = config.clone();
-        let previous = snapshots.borrow().clone();
-        let translation = tokio::task::spawn_blocking(move || {
+        let (back, translation) = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let mut translation = translate(&state, &config, generation);
-            // Computed once here, so that every ADS stream handles a small change in time
-            // proportional to the change rather than to the whole mesh.
-            translation.snapshot = translation.snapshot.with_changes_since(&previous);
-            let rejected = state.rejected.iter().map(ToString::to_string).collect();
-            debug!(generation, elapsed = ?started.elapsed(), "desired state translated");
-            (translation, rejected)
+            let rejected: Vec<String> = state.rejected.iter().map(ToString::to_string).collect();
+            let translation = translator.translate(state);
+            debug!(
+                generation = translation.snapshot.generation,
+                incremental = translation.incremental,
+                elapsed = ?started.elapsed(),
+                "desired state translated"
+            );
+            (translator, (translation, rejected))
         })
         .await?;
+        translator = back;
         let (translation, rejected) = translation;
+        let generation = translation.snapshot.generation;
         for w in &translation.warnings {
             warn!(object = %w.object, "{}", w.message);
         }
-        let replaced = snapshots.send_replace(Arc::new(translation.snapshot));
+        let replaced = snapshots.send_replace(translation.snapshot);
         model.send_replace(Arc::new(ModelReport {
             generation,
             rejected,

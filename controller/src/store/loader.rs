@@ -12,13 +12,17 @@ use ipnet::IpNet;
 
 use super::manifest::{ParsedFile, object_rejection, parse_manifest_text};
 use super::object::{Kind, NamespacedName, Object, ObjectKey};
-use super::pod_status::read_pod_statuses;
+use super::pod_status::{PodStatusRecord, read_pod_statuses};
 use super::rejection::{Problem, Rejection};
 use super::service::ServiceManifest;
 use super::snapshot::DesiredState;
 use super::vip::{DEFAULT_SERVICE_CIDR, VipTable, VipTableError};
 use super::waypoint::{waypoint_deployment, waypoint_service};
 use super::workload::{Deployment, Pod};
+use pod_edits::PodEdits;
+
+/// The pod status records of the state directory, and the rejected ones.
+type PodStatuses = (Vec<PodStatusRecord>, Vec<Rejection>);
 
 /// File name endings the store reads; other files in the directory are ignored.
 pub const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -96,6 +100,15 @@ pub struct Loader {
     /// not change is not parsed again: a one-file change in a large directory then costs one
     /// parse, not one per file (parsing dominates a reload).
     parsed: HashMap<Arc<str>, ParsedText>,
+    /// The last snapshot made, which a reload that only edits pods starts from.
+    last: Option<LastLoad>,
+}
+
+/// A snapshot the loader made, and the pod status records it merged.
+#[derive(Debug)]
+struct LastLoad {
+    state: Arc<DesiredState>,
+    statuses: PodStatuses,
 }
 
 impl Loader {
@@ -107,6 +120,7 @@ impl Loader {
             last_good: BTreeMap::new(),
             vips,
             parsed: HashMap::new(),
+            last: None,
         })
     }
 
@@ -117,40 +131,67 @@ impl Loader {
 
     /// Reads the whole directory and makes a new snapshot; writes the virtual IP table when it
     /// changed. On error nothing changes.
-    pub fn reload(&mut self) -> Result<DesiredState, LoadError> {
+    pub fn reload(&mut self) -> Result<Arc<DesiredState>, LoadError> {
         let files = read_manifest_files(&self.config.manifest_dir)?;
-        let mut round = Round::default();
         let mut parsed_now = HashMap::with_capacity(files.len());
+        let mut edits = PodEdits::default();
+        let mut unreadable = BTreeMap::new();
+        let mut order = Vec::with_capacity(files.len());
         for (label, text) in files {
+            order.push(label.clone());
             let text = match text {
                 Ok(text) => text,
                 Err(e) => {
-                    let unreadable = ParsedFile {
-                        documents: Vec::new(),
-                        file_rejections: vec![Rejection::of_file(
-                            label.clone(),
-                            0,
-                            Problem::Unreadable {
-                                reason: e.to_string(),
-                            },
-                        )],
+                    let problem = Problem::Unreadable {
+                        reason: e.to_string(),
                     };
-                    round.add_file(label, &unreadable);
+                    let rejection = Rejection::of_file(label.clone(), 0, problem);
+                    let parsed = ParsedFile {
+                        documents: Vec::new(),
+                        file_rejections: vec![rejection],
+                    };
+                    edits.other_change();
+                    unreadable.insert(label, parsed);
                     continue;
                 }
             };
-            let entry = match self.parsed.remove(&label) {
+            let previous = self.parsed.remove(&label);
+            let entry = match previous {
                 Some(previous) if previous.text == text => previous,
-                _ => ParsedText {
-                    parsed: parse_manifest_text(label.clone(), &text),
-                    text,
-                },
+                previous => {
+                    let parsed = parse_manifest_text(label.clone(), &text);
+                    let before = previous.as_ref().map(|p| &p.parsed);
+                    edits.compare_file(&label, before, &parsed, &self.last_good);
+                    ParsedText { parsed, text }
+                }
             };
-            round.add_file(label.clone(), &entry.parsed);
             parsed_now.insert(label, entry);
         }
-        // Files that are gone (or unreadable now) are forgotten.
+        if !self.parsed.is_empty() {
+            // Files that are gone (or unreadable now); they are forgotten.
+            edits.other_change();
+        }
         self.parsed = parsed_now;
+        let statuses = read_pod_statuses(&self.config.state_dir);
+        if let Some(last) = &self.last
+            && let Some(state) = edits.apply(last, &statuses, &mut self.last_good)
+        {
+            let state = Arc::new(state);
+            self.last = Some(LastLoad {
+                state: state.clone(),
+                statuses,
+            });
+            return Ok(state);
+        }
+
+        let mut round = Round::default();
+        for label in order {
+            let parsed = match unreadable.get(&label) {
+                Some(parsed) => parsed,
+                None => &self.parsed[&label].parsed,
+            };
+            round.add_file(label, parsed);
+        }
         round.keep_last_good(&self.last_good);
         let mut waypoints = round.plan_waypoints();
         let (vips, table) = round.assign_vips(
@@ -163,8 +204,12 @@ impl Loader {
             table.write(&self.config.state_dir)?;
             self.vips = table;
         }
-        let state = round.assemble(vips, waypoints, &self.config.state_dir);
+        let state = Arc::new(round.assemble(vips, waypoints, &statuses));
         self.last_good = round.candidates;
+        self.last = Some(LastLoad {
+            state: state.clone(),
+            statuses,
+        });
         Ok(state)
     }
 }
@@ -172,7 +217,8 @@ impl Loader {
 /// Reads a directory of manifests once, e.g. for a tool or a test. Like a controller start, it
 /// allocates virtual IPs and records them in the state directory.
 pub fn load(config: &StoreConfig) -> Result<DesiredState, LoadError> {
-    Loader::open(config.clone())?.reload()
+    let state = Loader::open(config.clone())?.reload()?;
+    Ok(Arc::unwrap_or_clone(state))
 }
 
 /// Whether a path names a file the store reads: a known extension and not hidden (atomic
@@ -423,10 +469,11 @@ impl Round {
         &mut self,
         vips: BTreeMap<NamespacedName, IpAddr>,
         waypoints: Vec<PlannedWaypoint>,
-        state_dir: &Path,
+        statuses: &PodStatuses,
     ) -> DesiredState {
         let mut state = DesiredState::default();
         for accepted in self.candidates.values() {
+            // Each arm shares the object (an `Arc`), it does not copy it.
             match Object::clone(&accepted.object) {
                 Object::Namespace(ns) => {
                     state.namespaces.insert(ns.name.clone(), ns);
@@ -441,7 +488,9 @@ impl Round {
                 Object::Service(s) => {
                     let name = s.namespaced_name();
                     if let Some(vip) = vips.get(&name) {
-                        state.services.insert(name, s.with_vip(*vip));
+                        state
+                            .services
+                            .insert(name, Arc::new(ServiceManifest::clone(&s).with_vip(*vip)));
                     }
                 }
                 Object::AuthorizationPolicy(p) => {
@@ -459,14 +508,14 @@ impl Round {
         }
         self.expand_deployments(&mut state);
         add_waypoints(&mut state, waypoints, &vips);
-        let (records, rejections) = read_pod_statuses(state_dir);
+        let (records, rejections) = statuses;
         for record in records {
             let name = NamespacedName::new(record.namespace.as_str(), record.name.as_str());
             if let Some(pod) = state.pods.get_mut(&name) {
-                merge_status(pod, record);
+                merge_status(Arc::make_mut(pod), record);
             }
         }
-        self.rejected.extend(rejections);
+        self.rejected.extend(rejections.iter().cloned());
         state.rejected = std::mem::take(&mut self.rejected);
         state
     }
@@ -499,7 +548,7 @@ impl Round {
                     ));
                     continue;
                 }
-                state.pods.insert(pod_name, pod);
+                state.pods.insert(pod_name, Arc::new(pod));
             }
         }
     }
@@ -516,31 +565,38 @@ fn add_waypoints(
         if let Some(service) = waypoint.service {
             let name = service.namespaced_name();
             if let Some(vip) = vips.get(&name) {
-                state.services.insert(name, service.with_vip(*vip));
+                state
+                    .services
+                    .insert(name, Arc::new(service.with_vip(*vip)));
             }
         }
         if let Some(deployment) = waypoint.deployment {
             for pod in deployment.pods() {
-                state.pods.entry(pod.namespaced_name()).or_insert(pod);
+                state
+                    .pods
+                    .entry(pod.namespaced_name())
+                    .or_insert_with(|| Arc::new(pod));
             }
             let name = NamespacedName::new(deployment.namespace.clone(), deployment.name.clone());
-            state.deployments.insert(name, deployment);
+            state.deployments.insert(name, Arc::new(deployment));
         }
     }
 }
 
 /// A status record overrides what the manifest says, field by field.
-fn merge_status(pod: &mut Pod, record: super::pod_status::PodStatusRecord) {
-    if let Some(node) = record.node_name {
-        pod.node = Some(node.into());
+fn merge_status(pod: &mut Pod, record: &PodStatusRecord) {
+    if let Some(node) = &record.node_name {
+        pod.node = Some(node.as_str().into());
     }
     if let Some(ip) = record.pod_ip {
         pod.ip = Some(ip);
     }
-    if let Some(phase) = record.phase {
-        pod.phase = Some(phase);
+    if let Some(phase) = &record.phase {
+        pod.phase = Some(phase.clone());
     }
 }
+
+mod pod_edits;
 
 #[cfg(test)]
 mod tests;

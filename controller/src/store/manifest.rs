@@ -262,24 +262,22 @@ fn check_names(kind: Kind, name: &str, namespace: &str) -> Result<(), Vec<FieldP
 fn decode_kind(kind: Kind, id: NamespacedName, value: Value) -> Result<Object, Vec<FieldProblem>> {
     match kind {
         Kind::Namespace => namespace_from_manifest(decode::<core::Namespace>(value)?, id.name)
-            .map(Object::Namespace),
-        Kind::Pod => pod_from_manifest(decode::<core::Pod>(value)?, id).map(Object::Pod),
-        Kind::Deployment => {
-            deployment_from_manifest(decode::<apps::Deployment>(value)?, id).map(Object::Deployment)
+            .map(|o| Object::Namespace(Arc::new(o))),
+        Kind::Pod => {
+            pod_from_manifest(decode::<core::Pod>(value)?, id).map(|o| Object::Pod(Arc::new(o)))
         }
-        Kind::Service => {
-            service_from_manifest(decode::<core::Service>(value)?, id).map(Object::Service)
-        }
+        Kind::Deployment => deployment_from_manifest(decode::<apps::Deployment>(value)?, id)
+            .map(|o| Object::Deployment(Arc::new(o))),
+        Kind::Service => service_from_manifest(decode::<core::Service>(value)?, id)
+            .map(|o| Object::Service(Arc::new(o))),
         Kind::AuthorizationPolicy => {
             authorization_policy_from_manifest(decode::<RawAuthorizationPolicy>(value)?, id)
-                .map(Object::AuthorizationPolicy)
+                .map(|o| Object::AuthorizationPolicy(Arc::new(o)))
         }
-        Kind::Gateway => {
-            gateway_from_manifest(decode::<RawGateway>(value)?, id).map(Object::Gateway)
-        }
-        Kind::HttpRoute => {
-            http_route_from_manifest(decode::<RawHttpRoute>(value)?, id).map(Object::HttpRoute)
-        }
+        Kind::Gateway => gateway_from_manifest(decode::<RawGateway>(value)?, id)
+            .map(|o| Object::Gateway(Arc::new(o))),
+        Kind::HttpRoute => http_route_from_manifest(decode::<RawHttpRoute>(value)?, id)
+            .map(|o| Object::HttpRoute(Arc::new(o))),
     }
 }
 

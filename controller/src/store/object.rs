@@ -194,19 +194,19 @@ impl fmt::Display for ObjectKey {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     /// A namespace.
-    Namespace(Namespace),
+    Namespace(Arc<Namespace>),
     /// A standalone pod.
-    Pod(Pod),
+    Pod(Arc<Pod>),
     /// A deployment; it expands to pods.
-    Deployment(Deployment),
+    Deployment(Arc<Deployment>),
     /// A service, before its virtual IP is allocated.
-    Service(ServiceManifest),
+    Service(Arc<ServiceManifest>),
     /// An Istio authorization policy.
-    AuthorizationPolicy(AuthorizationPolicy),
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
     /// A Gateway API gateway (a waypoint when of class `istio-waypoint`).
-    Gateway(Gateway),
+    Gateway(Arc<Gateway>),
     /// A Gateway API HTTP route.
-    HttpRoute(HttpRoute),
+    HttpRoute(Arc<HttpRoute>),
 }
 
 impl Object {

@@ -21,23 +21,28 @@ use super::workload::{Deployment, Namespace, Pod};
 /// Every valid object of the desired state, flattened and tied together: services have their
 /// virtual IPs, Deployments' pods exist, pods carry their recorded placement. Shared as
 /// `Arc<DesiredState>`; a change makes a new snapshot.
+///
+/// Objects are shared (`Arc`) with the loader and between snapshots: an object that did not
+/// change is the same allocation in both, so making a snapshot copies no object and comparing
+/// two snapshots (the objects are `Eq`, so `Arc` equality checks the pointer first) costs a
+/// pointer comparison per unchanged object.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DesiredState {
     /// Namespaces by name. A namespace used by objects but never declared is absent; it then
     /// has no labels.
-    pub namespaces: BTreeMap<Arc<str>, Namespace>,
+    pub namespaces: BTreeMap<Arc<str>, Arc<Namespace>>,
     /// Pods, standalone and from Deployments.
-    pub pods: BTreeMap<NamespacedName, Pod>,
+    pub pods: BTreeMap<NamespacedName, Arc<Pod>>,
     /// Deployments (their pods are in `pods`).
-    pub deployments: BTreeMap<NamespacedName, Deployment>,
+    pub deployments: BTreeMap<NamespacedName, Arc<Deployment>>,
     /// Services with their virtual IPs.
-    pub services: BTreeMap<NamespacedName, Service>,
+    pub services: BTreeMap<NamespacedName, Arc<Service>>,
     /// Authorization policies.
-    pub authorization_policies: BTreeMap<NamespacedName, AuthorizationPolicy>,
+    pub authorization_policies: BTreeMap<NamespacedName, Arc<AuthorizationPolicy>>,
     /// Gateways; only those with `is_waypoint` are waypoints.
-    pub gateways: BTreeMap<NamespacedName, Gateway>,
+    pub gateways: BTreeMap<NamespacedName, Arc<Gateway>>,
     /// HTTP routes.
-    pub http_routes: BTreeMap<NamespacedName, HttpRoute>,
+    pub http_routes: BTreeMap<NamespacedName, Arc<HttpRoute>>,
     /// Everything refused in the last load, in file order. For each refused object that had a
     /// valid version before, that version is still in the maps above.
     pub rejected: Vec<Rejection>,
@@ -122,6 +127,7 @@ impl DesiredState {
     pub fn waypoint(&self, name: &NamespacedName) -> Option<&Gateway> {
         self.gateways
             .get(name)
+            .map(|gateway| &**gateway)
             .filter(|gateway| gateway.is_waypoint)
     }
 
@@ -140,7 +146,7 @@ impl DesiredState {
     pub fn services_of_pod(&self, pod: &Pod) -> Vec<&Service> {
         self.services
             .range(namespace_range(&pod.namespace))
-            .map(|(_, service)| service)
+            .map(|(_, service)| &**service)
             .filter(|s| !s.selector.is_empty() && selector_matches(&s.selector, &pod.labels))
             .collect()
     }
@@ -149,13 +155,14 @@ impl DesiredState {
     pub fn pods_in<'a>(&'a self, namespace: &str) -> impl Iterator<Item = &'a Pod> + 'a {
         self.pods
             .range(namespace_range(namespace))
-            .map(|(_, pod)| pod)
+            .map(|(_, pod)| &**pod)
     }
 
     /// The pods placed on a node.
     pub fn pods_on_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
         self.pods
             .values()
+            .map(|pod| &**pod)
             .filter(move |pod| pod.node.as_deref() == Some(node))
     }
 

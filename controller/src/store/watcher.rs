@@ -89,7 +89,7 @@ impl Store {
         let first = loader.reload()?;
         metrics.observe_reload(&[], &first.rejected);
         log_rejections(&first);
-        let (publisher, state) = watch::channel(Arc::new(first));
+        let (publisher, state) = watch::channel(first);
         let task = tokio::spawn(reload_on_change(loader, changes, publisher, metrics));
         Ok(Store {
             state,
@@ -145,7 +145,7 @@ async fn reload_on_change(
             // Compared here rather than on the runtime: with tens of thousands of objects,
             // comparing takes milliseconds that the ADS streams need.
             let result = loader.reload().map(|state| {
-                let changed = state != *previous;
+                let changed = *state != *previous;
                 (state, changed)
             });
             tracing::debug!(elapsed = ?started.elapsed(), "desired state reloaded");
@@ -167,7 +167,7 @@ async fn reload_on_change(
                 metrics.observe_reload(&previous.rejected, &state.rejected);
                 if changed {
                     log_rejections(&state);
-                    publisher.send_replace(Arc::new(state));
+                    publisher.send_replace(state);
                     // Let the subscribers just woken (the translation) queue their work
                     // before the old state is freed.
                     tokio::task::yield_now().await;

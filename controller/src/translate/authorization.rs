@@ -9,8 +9,9 @@
 //! L4 part becomes a DENY (named `<policy>` + [`L7_DENY_SUFFIX`]); a DENY rule loses its L7
 //! conditions and so denies all the traffic its L4 part matches. Both are reported as warnings.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use mesh_proto::istio::security::{
@@ -18,9 +19,9 @@ use mesh_proto::istio::security::{
 };
 
 use super::{TranslateConfig, Warning, resource};
-use crate::store::kube_syntax::selector_matches;
+use crate::store::kube_syntax::{Labels, selector_matches};
 use crate::store::{
-    AuthorizationPolicy, DesiredState, NamespacedName, PolicyAction, PolicyCondition,
+    AuthorizationPolicy, DesiredState, NamespacedName, Pod, PolicyAction, PolicyCondition,
     PolicyOperation, PolicyRule, PolicySource, StringMatch, WaypointFor,
 };
 use crate::xds::VersionedResource;
@@ -29,17 +30,68 @@ use crate::xds::VersionedResource;
 /// A colon cannot appear in a Kubernetes name, so it never collides with a user's policy.
 pub const L7_DENY_SUFFIX: &str = ":l7-deny";
 
-/// Translated policies, and which pods each selector-scoped one applies to.
+/// Translated policies, and which pods the selector-scoped ones apply to.
 pub(super) struct Policies {
     pub resources: Vec<VersionedResource>,
-    /// pod -> names (`namespace/name`) of the policies that select it.
-    pub selected: HashMap<NamespacedName, BTreeSet<String>>,
+    /// Which pods each selector-scoped policy applies to.
+    pub selections: PolicySelections,
+}
+
+/// The selector-scoped policies: which pods each applies to, and the names (`namespace/name`)
+/// of the resources it became. Depends on policies and services, never on pods, so a change
+/// of pods alone is answered by asking it about the changed pods.
+#[derive(Debug, Default)]
+pub(super) struct PolicySelections(Vec<(PodSelection, Vec<String>)>);
+
+impl PolicySelections {
+    /// The names of the policies that apply to a pod, sorted.
+    pub fn of_pod(&self, pod: &Pod) -> Vec<String> {
+        let names: BTreeSet<&String> = self
+            .0
+            .iter()
+            .filter(|(selection, _)| selection.selects(pod))
+            .flat_map(|(_, names)| names)
+            .collect();
+        names.into_iter().cloned().collect()
+    }
+}
+
+/// The pods a selector-scoped policy applies to.
+#[derive(Debug)]
+enum PodSelection {
+    /// Pods whose labels match the selector: in one namespace, or in all (`None`, a policy of
+    /// the root namespace).
+    Labels {
+        namespace: Option<Arc<str>>,
+        selector: Labels,
+    },
+    /// The pods behind services (namespace and selector of each) that have no waypoint.
+    ServicePods(Vec<(Arc<str>, Labels)>),
+}
+
+impl PodSelection {
+    fn selects(&self, pod: &Pod) -> bool {
+        match self {
+            PodSelection::Labels {
+                namespace,
+                selector,
+            } => {
+                namespace.as_ref().is_none_or(|ns| *ns == pod.namespace)
+                    && selector_matches(selector, &pod.labels)
+            }
+            PodSelection::ServicePods(services) => services.iter().any(|(namespace, selector)| {
+                *namespace == pod.namespace
+                    && !selector.is_empty()
+                    && selector_matches(selector, &pod.labels)
+            }),
+        }
+    }
 }
 
 /// Where a policy is enforced.
 enum Placement {
-    /// By the tunnels, with this scope (and, for selectors, these pods).
-    L4(Scope, Vec<NamespacedName>),
+    /// By the tunnels, with this scope (and, for the workload-selector scope, these pods).
+    L4(Scope, Option<PodSelection>),
     /// By a waypoint; the waypoint configuration carries it.
     Waypoint,
     /// Nowhere: the reason was reported.
@@ -53,7 +105,7 @@ pub(super) fn translate(
 ) -> Policies {
     let mut out = Policies {
         resources: Vec::new(),
-        selected: HashMap::new(),
+        selections: PolicySelections::default(),
     };
     for policy in state.authorization_policies.values() {
         let object = format!("AuthorizationPolicy {}/{}", policy.namespace, policy.name);
@@ -73,8 +125,8 @@ pub(super) fn translate(
                 continue;
             }
         };
-        let (scope, pods) = match placement(state, config, policy, &mut warn) {
-            Placement::L4(scope, pods) => (scope, pods),
+        let (scope, selection) = match placement(state, config, policy, &mut warn) {
+            Placement::L4(scope, selection) => (scope, selection),
             Placement::Waypoint | Placement::Nowhere => continue,
         };
         let converted = convert_rules(&policy.rules);
@@ -117,16 +169,18 @@ pub(super) fn translate(
                 ..base
             }),
         }
+        let mut names = Vec::with_capacity(emitted.len());
         for auth in emitted {
             let name = format!("{}/{}", auth.namespace, auth.name);
-            for pod in &pods {
-                out.selected
-                    .entry(pod.clone())
-                    .or_default()
-                    .insert(name.clone());
-            }
-            out.resources
-                .push(resource(mesh_proto::AUTHORIZATION_TYPE_URL, name, &auth));
+            out.resources.push(resource(
+                mesh_proto::AUTHORIZATION_TYPE_URL,
+                name.clone(),
+                &auth,
+            ));
+            names.push(name);
+        }
+        if let Some(selection) = selection {
+            out.selections.0.push((selection, names));
         }
     }
     out
@@ -146,22 +200,19 @@ fn placement(
         return match policy.selector.as_ref().filter(|s| !s.is_empty()) {
             Some(selector) => {
                 let all_namespaces = *policy.namespace == *config.root_namespace;
-                let pods = state
-                    .pods
-                    .iter()
-                    .filter(|(_, pod)| all_namespaces || pod.namespace == policy.namespace)
-                    .filter(|(_, pod)| selector_matches(selector, &pod.labels))
-                    .map(|(key, _)| key.clone())
-                    .collect();
-                Placement::L4(Scope::WorkloadSelector, pods)
+                let selection = PodSelection::Labels {
+                    namespace: (!all_namespaces).then(|| policy.namespace.clone()),
+                    selector: selector.clone(),
+                };
+                Placement::L4(Scope::WorkloadSelector, Some(selection))
             }
             None if *policy.namespace == *config.root_namespace => {
-                Placement::L4(Scope::Global, Vec::new())
+                Placement::L4(Scope::Global, None)
             }
-            None => Placement::L4(Scope::Namespace, Vec::new()),
+            None => Placement::L4(Scope::Namespace, None),
         };
     }
-    let mut pods = Vec::new();
+    let mut services_without_waypoint = Vec::new();
     let mut at_waypoint = false;
     for target in &policy.target_refs {
         let name = NamespacedName::new(policy.namespace.clone(), target.name.as_str());
@@ -173,17 +224,7 @@ fn placement(
                     warn(format!(
                         "targets Service {name}, which has no waypoint: enforced at L4 on the service's pods"
                     ));
-                    pods.extend(
-                        state
-                            .pods_in(&svc.namespace)
-                            .filter(|pod| {
-                                !svc.selector.is_empty()
-                                    && selector_matches(&svc.selector, &pod.labels)
-                            })
-                            .map(|pod| {
-                                NamespacedName::new(pod.namespace.clone(), pod.name.clone())
-                            }),
-                    );
+                    services_without_waypoint.push((svc.namespace.clone(), svc.selector.clone()));
                 }
                 None => warn(format!("targets Service {name}, which does not exist")),
             },
@@ -192,8 +233,11 @@ fn placement(
             )),
         }
     }
-    if !pods.is_empty() {
-        Placement::L4(Scope::WorkloadSelector, pods)
+    if !services_without_waypoint.is_empty() {
+        // Whether or not the services have pods now: the policy must hold for the pods they
+        // get later too.
+        let selection = PodSelection::ServicePods(services_without_waypoint);
+        Placement::L4(Scope::WorkloadSelector, Some(selection))
     } else if at_waypoint {
         Placement::Waypoint
     } else {

@@ -5,9 +5,12 @@
 //!
 //! Translation is a pure function of a [`DesiredState`] snapshot: the same state always gives
 //! the same resources (and so the same versions), which is what lets a reconnecting proxy be
-//! sent only what changed.
+//! sent only what changed. [`Translator`] translates one snapshot after another and, when only
+//! pods changed, re-translates only those pods: the same result in time proportional to the
+//! change.
 
 mod authorization;
+mod translator;
 mod waypoint;
 mod workload;
 
@@ -16,10 +19,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::store::DesiredState;
-use crate::xds::{ResourceSnapshot, VersionedResource};
+use authorization::PolicySelections;
+
+use crate::store::{DesiredState, NamespacedName};
+use crate::xds::{ResourceSnapshot, TypedResources, VersionedResource};
 
 pub use authorization::L7_DENY_SUFFIX;
+pub use translator::Translator;
 
 /// The DNS suffix of service hostnames, as in Kubernetes.
 pub const DEFAULT_DOMAIN_SUFFIX: &str = "svc.cluster.local";
@@ -83,35 +89,85 @@ pub struct Warning {
 #[derive(Debug, Default)]
 pub struct Translation {
     /// What the ADS server serves.
-    pub snapshot: ResourceSnapshot,
+    pub snapshot: Arc<ResourceSnapshot>,
     /// What the status API reports.
     pub warnings: Vec<Warning>,
+    /// Whether only the changed pods were translated (the rest reused from the last one).
+    pub incremental: bool,
 }
 
-/// Translates one desired state. `generation` numbers the resulting snapshot.
+/// Translates one desired state from scratch. `generation` numbers the resulting snapshot.
 pub fn translate(state: &DesiredState, config: &TranslateConfig, generation: u64) -> Translation {
-    let mut warnings = Vec::new();
-    let policies = authorization::translate(state, config, &mut warnings);
-    let addresses = workload::translate(state, config, &policies.selected, &mut warnings);
-    let waypoint = waypoint::translate(state, config, &mut warnings);
-    let types = BTreeMap::from([
-        (mesh_proto::ADDRESS_TYPE_URL.to_string(), addresses),
-        (
-            mesh_proto::AUTHORIZATION_TYPE_URL.to_string(),
-            policies.resources,
-        ),
-        (
-            mesh_proto::ROUTE_CONFIGURATION_TYPE_URL.to_string(),
-            waypoint.routes,
-        ),
-        (
-            mesh_proto::L7_POLICY_TYPE_URL.to_string(),
-            waypoint.policies,
-        ),
-    ]);
+    let (types, parts) = Parts::translate(state, config);
     Translation {
-        snapshot: ResourceSnapshot::new(generation, types),
-        warnings,
+        snapshot: Arc::new(ResourceSnapshot {
+            generation,
+            types,
+            changes: None,
+        }),
+        warnings: parts.warnings(),
+        incremental: false,
+    }
+}
+
+/// What a translation keeps besides its resources, arranged so that a change of pods can be
+/// applied to it: policy selections (which depend on policies and services, not on pods) and
+/// the warnings of each pod apart from the others.
+#[derive(Debug, Default)]
+struct Parts {
+    selections: Arc<PolicySelections>,
+    pod_warnings: BTreeMap<NamespacedName, Vec<Warning>>,
+    other_warnings: Vec<Warning>,
+}
+
+impl Parts {
+    /// Translates everything.
+    fn translate(
+        state: &DesiredState,
+        config: &TranslateConfig,
+    ) -> (BTreeMap<String, TypedResources>, Parts) {
+        let mut other_warnings = Vec::new();
+        let policies = authorization::translate(state, config, &mut other_warnings);
+        let mut addresses = workload::service_addresses(state, config, &mut other_warnings);
+        let waypoint = waypoint::translate(state, config, &mut other_warnings);
+        let mut pod_warnings = BTreeMap::new();
+        for (key, pod) in &state.pods {
+            let (resource, warnings) =
+                workload::pod_address(state, config, pod, &policies.selections);
+            addresses.extend(resource);
+            if !warnings.is_empty() {
+                pod_warnings.insert(key.clone(), warnings);
+            }
+        }
+        let types = [
+            (mesh_proto::ADDRESS_TYPE_URL, addresses),
+            (mesh_proto::AUTHORIZATION_TYPE_URL, policies.resources),
+            (mesh_proto::ROUTE_CONFIGURATION_TYPE_URL, waypoint.routes),
+            (mesh_proto::L7_POLICY_TYPE_URL, waypoint.policies),
+        ]
+        .into_iter()
+        .map(|(type_url, list)| {
+            let map = list
+                .into_iter()
+                .map(|r| (r.name.clone(), Arc::new(r)))
+                .collect::<TypedResources>();
+            (type_url.to_string(), map)
+        })
+        .collect();
+        let parts = Parts {
+            selections: Arc::new(policies.selections),
+            pod_warnings,
+            other_warnings,
+        };
+        (types, parts)
+    }
+
+    /// Every warning, by object (`Kind namespace/name`), each object's in the order found.
+    fn warnings(&self) -> Vec<Warning> {
+        let pods = self.pod_warnings.values().flatten();
+        let mut all: Vec<Warning> = self.other_warnings.iter().chain(pods).cloned().collect();
+        all.sort_by(|a, b| a.object.cmp(&b.object));
+        all
     }
 }
 

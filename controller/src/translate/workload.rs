@@ -1,6 +1,6 @@
 //! Pods and services -> `istio.workload.Address`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use mesh_proto::istio::workload::{
@@ -8,6 +8,7 @@ use mesh_proto::istio::workload::{
     TunnelProtocol, Workload, WorkloadStatus, WorkloadType, address, gateway_address,
 };
 
+use super::authorization::PolicySelections;
 use super::{HBONE_PORT, TranslateConfig, Warning, resource};
 use crate::store::{self, DesiredState, NamespacedName, Pod, TargetPort, WaypointFor};
 use crate::xds::VersionedResource;
@@ -29,27 +30,38 @@ const CANONICAL_REVISION_LABELS: [&str; 3] = [
 /// The phase of a pod that may receive traffic.
 const RUNNING_PHASE: &str = "Running";
 
-/// Translates every placed pod and every service into address resources.
-/// `policies` maps a pod to the selector-scoped policies (`namespace/name`) that apply to it.
-pub(super) fn translate(
+/// The address resource of a pod that has an IP, and what to warn about it.
+pub(super) fn pod_address(
     state: &DesiredState,
     config: &TranslateConfig,
-    policies: &HashMap<NamespacedName, BTreeSet<String>>,
+    pod: &Pod,
+    policies: &PolicySelections,
+) -> (Option<VersionedResource>, Vec<Warning>) {
+    let mut warnings = Vec::new();
+    let Some(ip) = pod.ip else {
+        return (None, warnings);
+    };
+    let workload = workload(state, config, pod, ip, policies, &mut warnings);
+    let name = workload.uid.clone();
+    let resource = address_resource(name, address::Type::Workload(workload));
+    (Some(resource), warnings)
+}
+
+/// The address resources of every service.
+pub(super) fn service_addresses(
+    state: &DesiredState,
+    config: &TranslateConfig,
     warnings: &mut Vec<Warning>,
 ) -> Vec<VersionedResource> {
-    let mut out = Vec::with_capacity(state.pods.len() + state.services.len());
-    for (key, pod) in &state.pods {
-        let Some(ip) = pod.ip else { continue };
-        let workload = workload(state, config, pod, ip, policies.get(key), warnings);
-        let name = workload.uid.clone();
-        out.push(address_resource(name, address::Type::Workload(workload)));
-    }
-    for svc in state.services.values() {
-        let service = service(state, config, svc, warnings);
-        let name = format!("{}/{}", service.namespace, service.hostname);
-        out.push(address_resource(name, address::Type::Service(service)));
-    }
-    out
+    state
+        .services
+        .values()
+        .map(|svc| {
+            let service = service(state, config, svc, warnings);
+            let name = format!("{}/{}", service.namespace, service.hostname);
+            address_resource(name, address::Type::Service(service))
+        })
+        .collect()
 }
 
 fn address_resource(name: String, body: address::Type) -> VersionedResource {
@@ -62,7 +74,7 @@ fn workload(
     config: &TranslateConfig,
     pod: &Pod,
     ip: IpAddr,
-    policies: Option<&BTreeSet<String>>,
+    policies: &PolicySelections,
     warnings: &mut Vec<Warning>,
 ) -> Workload {
     let tunnel = if state.pod_speaks_hbone(pod) {
@@ -110,7 +122,7 @@ fn workload(
         canonical_revision: canonical_revision.to_string(),
         workload_type: workload_type as i32,
         workload_name,
-        authorization_policies: policies.into_iter().flatten().cloned().collect(),
+        authorization_policies: policies.of_pod(pod),
         status: status as i32,
         cluster_id: config.cluster_id.to_string(),
         services: services_of(state, config, pod),

@@ -6,5 +6,5 @@ pub mod resources;
 pub mod server;
 
 pub use registry::{ProxyRegistry, ProxyStatus};
-pub use resources::{ResourceSnapshot, VersionedResource};
+pub use resources::{ResourceSnapshot, TypedResources, VersionedResource};
 pub use server::{AdsMetrics, AdsService};

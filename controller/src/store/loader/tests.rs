@@ -467,3 +467,97 @@ fn a_waypoint_service_without_a_free_address_is_reported_not_looped_on() {
         ]
     );
 }
+
+fn standalone_pod(name: &str, labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {labels}}}\n\
+         spec: {{nodeName: node-1, containers: [{{name: app}}]}}\nstatus: {{podIP: 10.0.1.5}}\n"
+    )
+}
+
+#[test]
+fn pods_edited_in_place_take_the_quick_way_and_match_a_fresh_load() {
+    let fixture = Fixture::new();
+    fixture.write("a-cart.yaml", &service("cart", &port(80)));
+    fixture.write("b-deploy.yaml", DEPLOYMENT);
+    fixture.write("c-web.yaml", &standalone_pod("web", "{app: cart}"));
+    // Defined twice: the first file in name order wins, the second is reported.
+    fixture.write("d-api.yaml", &standalone_pod("api", "{v: one}"));
+    fixture.write("e-api-again.yaml", &standalone_pod("api", "{v: two}"));
+    let record = PodStatusRecord {
+        namespace: "shop".into(),
+        name: "web".into(),
+        node_name: Some("node-2".into()),
+        pod_ip: Some("10.0.2.9".parse().unwrap()),
+        phase: Some("Running".into()),
+    };
+    record_pod_status(&fixture.config.state_dir, &record).unwrap();
+    let mut loader = fixture.loader();
+    let mut last = loader.reload().unwrap();
+    // The quick way starts from the last snapshot, so it shares the services with it; the
+    // full way makes each service again (with its virtual IP).
+    let quick = |before: &DesiredState, after: &DesiredState| {
+        Arc::ptr_eq(
+            &before.services[&key("cart")],
+            &after.services[&key("cart")],
+        )
+    };
+    let mut moved = record.clone();
+    moved.pod_ip = Some("10.0.3.3".parse().unwrap());
+    let two_documents = format!(
+        "{}---\n{}",
+        standalone_pod("web", "{}"),
+        standalone_pod("db", "{}")
+    );
+    let invalid = "apiVersion: v1\nkind: Pod\nmetadata: {name: api, namespace: shop}\n\
+                   spec: {nodeName: 'x y'}\n";
+    // (what, file, new text, whether the quick way may take it)
+    let edits = [
+        (
+            "a pod's labels",
+            "c-web.yaml",
+            standalone_pod("web", "{app: other}"),
+            true,
+        ),
+        // Which definition wins is the full way's business.
+        (
+            "the losing duplicate",
+            "e-api-again.yaml",
+            standalone_pod("api", "{v: three}"),
+            false,
+        ),
+        (
+            "the winning duplicate",
+            "d-api.yaml",
+            standalone_pod("api", "{v: four}"),
+            true,
+        ),
+        (
+            "a pod and its status record",
+            "c-web.yaml",
+            standalone_pod("web", "{}"),
+            false,
+        ),
+        ("a second document", "c-web.yaml", two_documents, false),
+        ("an invalid pod", "d-api.yaml", invalid.to_string(), false),
+    ];
+    for (what, file, text, expect_quick) in edits {
+        if what == "a pod and its status record" {
+            record_pod_status(&fixture.config.state_dir, &moved).unwrap();
+        }
+        fixture.write(file, &text);
+        let reused = loader.reload().unwrap();
+        assert_eq!(quick(&last, &reused), expect_quick, "{what}: the way taken");
+        let fresh = fixture.loader().reload().unwrap();
+        if what == "an invalid pod" {
+            // The last good version stays in force unless, as here, another file's
+            // definition that lost to it takes over; either way as a fresh load has it.
+            assert_eq!(messages(&reused), messages(&fresh), "{what}");
+            assert_eq!(reused.pods, fresh.pods, "{what}");
+        } else {
+            assert_eq!(reused, fresh, "{what}");
+        }
+        last = reused;
+    }
+    assert_eq!(last.pods[&key("web")].ip, Some("10.0.3.3".parse().unwrap()));
+}

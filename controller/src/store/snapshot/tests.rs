@@ -37,10 +37,10 @@ fn state_with_namespace(namespace_labels: Labels) -> DesiredState {
     let mut state = DesiredState::default();
     state.namespaces.insert(
         "shop".into(),
-        Namespace {
+        Arc::new(Namespace {
             name: "shop".into(),
             labels: namespace_labels,
-        },
+        }),
     );
     state
 }
@@ -132,7 +132,7 @@ fn service_endpoints_are_selected_pods_with_an_ip() {
         pod("shop", "web-0", app("web")),
         pod("other", "cart-0", app("cart")),
     ] {
-        state.pods.insert(pod.namespaced_name(), pod);
+        state.pods.insert(pod.namespaced_name(), Arc::new(pod));
     }
     let cart = service("shop", "cart", Labels::new(), app("cart"));
     let names: Vec<&str> = state
@@ -143,7 +143,9 @@ fn service_endpoints_are_selected_pods_with_an_ip() {
     assert_eq!(names, ["cart-0", "cart-1"]);
     let no_selector = service("shop", "cart", Labels::new(), Labels::new());
     assert!(state.service_endpoints(&no_selector).is_empty());
-    state.services.insert(cart.namespaced_name(), cart);
+    state
+        .services
+        .insert(cart.namespaced_name(), Arc::new(cart));
     let pod = &state.pods[&NamespacedName::new("shop", "cart-0")];
     assert_eq!(state.services_of_pod(pod).len(), 1);
 }
@@ -153,7 +155,7 @@ fn a_node_runs_the_identities_of_its_pods_only() {
     let mut state = DesiredState::default();
     let mut cart = pod("shop", "cart-0", Labels::new());
     cart.service_account = "cart".into();
-    state.pods.insert(cart.namespaced_name(), cart);
+    state.pods.insert(cart.namespaced_name(), Arc::new(cart));
     assert!(state.node_runs_identity("node-1", "shop", "cart"));
     assert!(!state.node_runs_identity("node-2", "shop", "cart"));
     assert!(!state.node_runs_identity("node-1", "shop", "web"));
@@ -166,14 +168,16 @@ fn a_waypoint_token_runs_only_the_identities_of_waypoint_pods() {
     let mut state = DesiredState::default();
     let mut cart = pod("shop", "cart-0", Labels::new());
     cart.service_account = "cart".into();
-    state.pods.insert(cart.namespaced_name(), cart);
+    state.pods.insert(cart.namespaced_name(), Arc::new(cart));
     let mut waypoint = pod(
         "shop",
         "wp-0",
         Labels::from([("gateway.networking.k8s.io/gateway-name".into(), "wp".into())]),
     );
     waypoint.service_account = "wp".into();
-    state.pods.insert(waypoint.namespaced_name(), waypoint);
+    state
+        .pods
+        .insert(waypoint.namespaced_name(), Arc::new(waypoint));
     assert!(state.node_runs_waypoint_identity("node-1", "shop", "wp"));
     assert!(!state.node_runs_waypoint_identity("node-1", "shop", "cart"));
     assert!(!state.node_runs_waypoint_identity("node-2", "shop", "wp"));
