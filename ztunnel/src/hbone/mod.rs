@@ -30,7 +30,7 @@ pub use metrics::{ClientMetrics, ServerMetrics};
 pub use pool::{Dialer, direct_dialer};
 pub use server::{
     ConnectDecision, ConnectHandler, ConnectRequest, HboneServer, Rejection, ServerConfigSelector,
-    ServerError, ServerSettings, TunnelOutcome, Upstream,
+    ServerError, ServerSettings, TunnelOutcome, TunnelService, Upstream,
 };
 pub use stream::H2Stream;
 

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -137,10 +138,22 @@ pub trait Upstream: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Upstream for T {}
 
+/// A handler's own service for the bytes of an accepted tunnel (see
+/// [`ConnectDecision::Serve`]); its result is the outcome `tunnel_closed` sees.
+pub type TunnelService = Box<
+    dyn FnOnce(Box<dyn Upstream>) -> Pin<Box<dyn Future<Output = io::Result<(u64, u64)>> + Send>>
+        + Send,
+>;
+
 /// The handler's answer to a CONNECT.
 pub enum ConnectDecision {
     /// Answer 200 and copy bytes between the stream and this upstream.
     Accept(Box<dyn Upstream>),
+    /// Answer 200 and hand the stream itself to this service, which reads and writes the
+    /// tunnel's bytes in place: for a handler that terminates what the tunnel carries (a
+    /// waypoint's HTTP server), where a pipe to copy into would cost a copy of every byte
+    /// and a task hand-off each way.
+    Serve(TunnelService),
     /// Answer with the rejection's status and end the stream.
     Reject(Rejection),
 }
@@ -606,8 +619,9 @@ async fn handle_stream<H: ConnectHandler>(
             return client_gone(&shared.metrics, &info, "reset during connect");
         }
     };
-    let mut upstream = match decision {
-        ConnectDecision::Accept(upstream) => upstream,
+    let far_side = match decision {
+        ConnectDecision::Accept(upstream) => FarSide::Copy(upstream),
+        ConnectDecision::Serve(service) => FarSide::Serve(service),
         ConnectDecision::Reject(rejection) => {
             return reject(&shared.metrics, &mut respond, &rejection);
         }
@@ -621,13 +635,22 @@ async fn handle_stream<H: ConnectHandler>(
     shared.metrics.stream("established");
     let _active = GaugeGuard::inc(&shared.metrics.streams_active);
     let mut tunnel = H2Stream::new(send, body);
-    let result = copy_bidirectional(&mut tunnel, &mut upstream).await;
+    let result = match far_side {
+        FarSide::Copy(mut upstream) => copy_bidirectional(&mut tunnel, &mut upstream).await,
+        FarSide::Serve(service) => service(Box::new(tunnel)).await,
+    };
     match &result {
         Ok((sent, received)) => debug!(dst.addr = %authority, sent, received, "tunnel closed"),
         Err(e) => debug!(dst.addr = %authority, error = %e, "tunnel ended with an error"),
     }
     let outcome = TunnelOutcome { result };
     shared.handler.tunnel_closed(&request, &outcome);
+}
+
+/// Where an accepted tunnel's bytes go.
+enum FarSide {
+    Copy(Box<dyn Upstream>),
+    Serve(TunnelService),
 }
 
 fn client_gone(metrics: &ServerMetrics, info: &ConnectionInfo, when: &'static str) {

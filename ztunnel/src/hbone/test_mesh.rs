@@ -24,6 +24,9 @@ pub(crate) const PANIC_PORT: u16 = 3;
 
 /// Authorities with this port make the handler take ten seconds, like a slow upstream.
 pub(crate) const SLOW_PORT: u16 = 4;
+/// Authorities with this port are served by the handler itself: it reads the tunnel to its
+/// end, then writes back what it read in upper case.
+pub(crate) const SERVE_PORT: u16 = 5;
 
 /// What the scripted handler saw.
 #[derive(Default)]
@@ -52,6 +55,15 @@ impl ConnectHandler for ScriptedHandler {
                 tokio::time::sleep(std::time::Duration::from_secs(10)).await;
                 ConnectDecision::Reject(Rejection::Unavailable("slow".into()))
             }
+            SERVE_PORT => ConnectDecision::Serve(Box::new(|mut stream| {
+                Box::pin(async move {
+                    let mut heard = Vec::new();
+                    stream.read_to_end(&mut heard).await?;
+                    stream.write_all(&heard.to_ascii_uppercase()).await?;
+                    stream.shutdown().await?;
+                    Ok((heard.len() as u64, heard.len() as u64))
+                })
+            })),
             _ => match TcpStream::connect(request.authority).await {
                 Ok(upstream) => ConnectDecision::Accept(Box::new(upstream)),
                 Err(e) => ConnectDecision::Reject(Rejection::Unavailable(e.to_string().into())),

@@ -252,6 +252,18 @@ fn label(reason: &'static str) -> metrics::ReasonLabel {
 }
 
 /// Waits until the handler has seen `n` tunnels close, and returns what it saw.
+#[tokio::test]
+async fn a_handler_can_serve_the_stream_itself() {
+    let mesh = TestMesh::start(ServerSettings::default()).await;
+    let (client, _metrics) = mesh.client(settings());
+    let authority = at_port(test_mesh::SERVE_PORT);
+    let mut stream = client.connect(mesh.request(authority)).await.unwrap();
+    assert_eq!(exchange(&mut stream, b"ping").await, b"PING");
+    drop(stream);
+    let seen = wait_for_close(&mesh, 1).await;
+    assert_eq!(seen.closed, [Ok((4, 4))], "what the service returned");
+}
+
 async fn wait_for_close(mesh: &TestMesh, n: usize) -> test_mesh::Seen {
     for _ in 0..500 {
         {
