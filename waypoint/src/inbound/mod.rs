@@ -66,11 +66,6 @@ pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(1);
 /// tasks one connection can make us run.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1000;
 
-/// Buffer between the HBONE stream and the HTTP server of a tunnel.
-///
-/// The HBONE server copies in 16 KiB chunks; four of them in flight keep both sides busy.
-pub const TUNNEL_BUFFER: usize = 64 * 1024;
-
 /// Inbound behaviour that tests and operators may change; the defaults are the constants.
 #[derive(Clone, Debug)]
 pub struct InboundSettings {
@@ -307,8 +302,8 @@ impl<C: Connector> ConnectHandler for Inbound<C> {
             identity: request.peer_identity.clone(),
             address: request.peer_addr,
         };
-        // The HBONE server copies between the tunnel and this pipe; our end is served here.
-        let (ours, theirs) = tokio::io::duplex(TUNNEL_BUFFER);
+        // The HBONE server hands us the tunnel's stream itself: HTTP is parsed from (and
+        // written to) the HTTP/2 stream's buffers, with no pipe and no copy task between.
         let span = tracing::info_span!(
             "tunnel",
             src.addr = %request.peer_addr,
@@ -317,10 +312,15 @@ impl<C: Connector> ConnectHandler for Inbound<C> {
         );
         let inbound = self.clone();
         let vip = request.authority;
-        tokio::spawn(
-            async move { inbound.serve_tunnel(ours, peer, vip, destination).await }
+        ConnectDecision::Serve(Box::new(move |stream| {
+            Box::pin(
+                async move {
+                    inbound.serve_tunnel(stream, peer, vip, destination).await;
+                    // Bytes are counted per request (`istio_request_bytes`, ...).
+                    Ok((0, 0))
+                }
                 .instrument(span),
-        );
-        ConnectDecision::Accept(Box::new(theirs))
+            )
+        }))
     }
 }

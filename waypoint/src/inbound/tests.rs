@@ -36,9 +36,16 @@ async fn world() -> (World, Backend) {
     (world, backend)
 }
 
+/// Accepts a tunnel to `FRONT_VIP:port` and serves it as the HBONE server would; the
+/// returned end plays the client's side of the tunnel.
 async fn accept(inbound: &impl ConnectHandler, port: u16) -> Box<dyn Upstream> {
     match inbound.connect(&connect_request(FRONT_VIP, port)).await {
-        ConnectDecision::Accept(io) => io,
+        ConnectDecision::Serve(service) => {
+            let (client, tunnel) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(service(Box::new(tunnel)));
+            Box::new(client)
+        }
+        ConnectDecision::Accept(_) => panic!("the waypoint serves its tunnels itself"),
         ConnectDecision::Reject(rejection) => panic!("rejected: {rejection:?}"),
     }
 }
@@ -76,7 +83,9 @@ async fn refuses_services_not_bound_to_the_waypoint_and_unknown_targets() {
                 assert_eq!(rejection.status(), StatusCode::SERVICE_UNAVAILABLE);
             }
             ConnectDecision::Reject(other) => panic!("{reason}: unexpected {other:?}"),
-            ConnectDecision::Accept(_) => panic!("{reason}: accepted"),
+            ConnectDecision::Accept(_) | ConnectDecision::Serve(_) => {
+                panic!("{reason}: accepted")
+            }
         }
         assert_eq!(metrics.rejections(reason), 1, "{reason}");
     }
