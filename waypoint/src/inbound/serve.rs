@@ -151,7 +151,9 @@ async fn handle<C: Connector>(
     };
     let mut cx = RequestContext::new(tunnel.peer.clone(), destination, version, discovery, config);
     let request = request.map(body::boxed);
-    shared.stack.serve(request, &mut cx).await
+    // Boxed: the stack's future is several kilobytes, and hyper moves the service's future
+    // into a task (HTTP/2) or its dispatcher; a pointer moves cheaper than the state.
+    Box::pin(shared.stack.serve(request, &mut cx)).await
 }
 
 /// Counts why a downstream connection failed; the reason is the label.

@@ -31,7 +31,8 @@ impl<H: Handler> Handler for Authorize<H> {
         if let Some(decision) = decide(&request, cx) {
             if let Some(denial) = decision.dry_run_denied {
                 self.metrics.dry_run_denials.inc();
-                info!(%denial, "dry-run policy would deny this request");
+                let trace_id = cx.trace.as_ref().map(|t| t.trace_id_hex());
+                info!(%denial, trace_id = trace_id.as_deref(), "dry-run policy would deny this request");
             }
             if let Some(denial) = decision.denied {
                 return Err(ProxyError::Denied(denial));

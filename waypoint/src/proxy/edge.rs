@@ -27,7 +27,10 @@ impl<H: Handler> Edge<H> {
     pub async fn serve(&self, request: Request<Body>, cx: &mut RequestContext) -> Response<Body> {
         let trace = TraceContext::from_headers(request.headers(), &mut rand::rng());
         let mut record = self.start_record(&request, cx, &trace);
-        let span = tracing::info_span!(
+        // Debug, not info: the fmt layer formats an enabled span's fields when it is created,
+        // a cost per request; events at info and above that concern a request carry the
+        // trace id themselves, and the tunnel's span names the connection.
+        let span = tracing::debug_span!(
             "request",
             trace_id = %record.trace_id,
             dst.service = %cx.destination.service.hostname,
@@ -89,6 +92,18 @@ impl<H: Handler> Edge<H> {
             .workload_by_ip(cx.peer.address.ip())
             .filter(|w| w.identity == cx.peer.identity);
         record.method = request.method().clone();
+        record.version = cx.version.as_str();
+        let grpc = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        record.protocol = if grpc { "grpc" } else { "http" };
+        record.trace_id = trace.trace_id_hex();
+        record.request_bytes = cx.request_bytes.clone();
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            // Only the access-log line needs them.
+            return record;
+        }
         record.path = request.uri().path().to_string();
         record.authority = request
             .uri()
@@ -102,14 +117,6 @@ impl<H: Handler> Edge<H> {
             })
             .unwrap_or_default()
             .to_string();
-        record.version = cx.version.as_str();
-        let grpc = request
-            .headers()
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        record.protocol = if grpc { "grpc" } else { "http" };
-        record.trace_id = trace.trace_id_hex();
-        record.request_bytes = cx.request_bytes.clone();
         record
     }
 }

@@ -2,11 +2,19 @@
 //! trace context, and the access log: a [`RequestRecord`] per request records the metrics
 //! and writes the access-log line when the response body is done, also when it is dropped
 //! (a client that went away is still counted, with response code 0 if it got nothing).
+//!
+//! Recording is on every request's path, so the four series of a label set are looked up
+//! once and remembered ([`SeriesCache`]) under a key that compares the discovery records by
+//! identity: Istio's 25 labels are built, formatted and hashed only the first time a
+//! combination is seen.
 
 mod trace;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 use http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -60,6 +68,16 @@ pub struct RequestLabels {
     pub connection_security_policy: &'static str,
 }
 
+/// Label sets whose series [`RequestMetrics`] remembers; past this many the memory is
+/// cleared and fills again, so stale discovery records are not kept for long.
+pub const SERIES_CACHE_LIMIT: usize = 4096;
+
+/// The value of a label that has none, shared rather than allocated per request.
+static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+
+/// The value of a label whose workload is not known.
+static UNKNOWN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unknown"));
+
 /// Labels of the failure counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
@@ -74,6 +92,7 @@ pub struct RequestMetrics {
     duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,
     response_bytes: Family<RequestLabels, Histogram>,
+    series: SeriesCache,
     failures: Family<FailureLabels, Counter>,
     /// Requests that dry-run policies would have denied.
     pub dry_run_denials: Counter,
@@ -95,6 +114,7 @@ impl RequestMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             request_bytes: Family::new_with_constructor(size_histogram),
             response_bytes: Family::new_with_constructor(size_histogram),
+            series: SeriesCache::default(),
             failures: Family::default(),
             dry_run_denials: Counter::default(),
         };
@@ -153,6 +173,143 @@ impl RequestMetrics {
         self.failures
             .get_or_create(&FailureLabels { reason, caused_by })
             .inc();
+    }
+
+    /// The series of the requests described by `key`.
+    fn series(&self, key: SeriesKey) -> Series {
+        let cache = &self.series.0;
+        if let Some(series) = cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return series.clone();
+        }
+        let labels = key.labels();
+        let series = Series {
+            requests: self.requests.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+        };
+        let mut cache = cache.write().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= SERIES_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, series.clone());
+        series
+    }
+}
+
+/// The four series of one label set (clones share the values with the families).
+#[derive(Clone)]
+struct Series {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// The series already looked up, by [`SeriesKey`]. Shared by the clones of the metrics.
+#[derive(Clone, Default)]
+struct SeriesCache(Arc<RwLock<HashMap<SeriesKey, Series>>>);
+
+impl fmt::Debug for SeriesCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = self.0.read().map_or(0, |cache| cache.len());
+        f.debug_struct("SeriesCache").field("len", &len).finish()
+    }
+}
+
+/// Everything a request's labels are made of. Discovery records compare by identity (the
+/// key holds them, so an address cannot be reused while it is cached): a record replaced
+/// by a push makes a new key, whose labels then find the same series if nothing changed.
+struct SeriesKey {
+    source_principal: SpiffeId,
+    source: Option<Arc<WorkloadInfo>>,
+    service: Arc<ServiceInfo>,
+    endpoint: Option<Arc<WorkloadInfo>>,
+    protocol: &'static str,
+    status: u16,
+    grpc_status: Option<Arc<str>>,
+    flags: String,
+}
+
+fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn address<T>(record: &Option<Arc<T>>) -> usize {
+    record.as_ref().map_or(0, |r| Arc::as_ptr(r) as usize)
+}
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.service, &other.service)
+            && same(&self.endpoint, &other.endpoint)
+            && same(&self.source, &other.source)
+            && self.status == other.status
+            && self.flags == other.flags
+            && self.protocol == other.protocol
+            && self.grpc_status == other.grpc_status
+            && self.source_principal == other.source_principal
+    }
+}
+
+impl Eq for SeriesKey {}
+
+impl Hash for SeriesKey {
+    // A subset of what `eq` compares, so equal keys hash alike; the principal is left out
+    // (it mostly follows the source workload) to keep the hash to a few words.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.service) as *const u8 as usize).hash(state);
+        address(&self.endpoint).hash(state);
+        address(&self.source).hash(state);
+        self.status.hash(state);
+        self.flags.hash(state);
+    }
+}
+
+impl SeriesKey {
+    fn labels(&self) -> RequestLabels {
+        let workload = |w: &Option<Arc<WorkloadInfo>>, f: fn(&WorkloadInfo) -> &Arc<str>| {
+            w.as_deref()
+                .map_or_else(|| UNKNOWN.clone(), |w| f(w).clone())
+        };
+        RequestLabels {
+            reporter: "waypoint",
+            source_workload: workload(&self.source, |w| &w.workload_name),
+            source_workload_namespace: self.source_principal.namespace().into(),
+            source_principal: self.source_principal.to_string().into(),
+            source_app: workload(&self.source, |w| &w.canonical_name),
+            source_version: workload(&self.source, |w| &w.canonical_revision),
+            source_canonical_service: workload(&self.source, |w| &w.canonical_name),
+            source_canonical_revision: workload(&self.source, |w| &w.canonical_revision),
+            source_cluster: workload(&self.source, |w| &w.cluster_id),
+            destination_workload: workload(&self.endpoint, |w| &w.workload_name),
+            destination_workload_namespace: workload(&self.endpoint, |w| &w.namespace),
+            destination_principal: self
+                .endpoint
+                .as_ref()
+                .map_or_else(|| UNKNOWN.clone(), |w| w.identity.to_string().into()),
+            destination_app: workload(&self.endpoint, |w| &w.canonical_name),
+            destination_version: workload(&self.endpoint, |w| &w.canonical_revision),
+            destination_service: self.service.hostname.clone(),
+            destination_service_name: self.service.name.clone(),
+            destination_service_namespace: self.service.namespace.clone(),
+            destination_canonical_service: workload(&self.endpoint, |w| &w.canonical_name),
+            destination_canonical_revision: workload(&self.endpoint, |w| &w.canonical_revision),
+            destination_cluster: workload(&self.endpoint, |w| &w.cluster_id),
+            request_protocol: self.protocol,
+            response_code: self.status,
+            grpc_response_status: self.grpc_status.clone().unwrap_or_else(|| EMPTY.clone()),
+            response_flags: self.flags.as_str().into(),
+            connection_security_policy: "mutual_tls",
+        }
     }
 }
 
@@ -229,66 +386,36 @@ impl RequestRecord {
             response_bytes: Arc::default(),
         }
     }
-
-    fn labels(&self) -> RequestLabels {
-        let empty: Arc<str> = Arc::from("");
-        let unknown: Arc<str> = Arc::from("unknown");
-        let workload = |w: &Option<Arc<WorkloadInfo>>, f: fn(&WorkloadInfo) -> &Arc<str>| {
-            w.as_deref()
-                .map_or_else(|| unknown.clone(), |w| f(w).clone())
-        };
-        RequestLabels {
-            reporter: "waypoint",
-            source_workload: workload(&self.source, |w| &w.workload_name),
-            source_workload_namespace: self.source_principal.namespace().into(),
-            source_principal: self.source_principal.to_string().into(),
-            source_app: workload(&self.source, |w| &w.canonical_name),
-            source_version: workload(&self.source, |w| &w.canonical_revision),
-            source_canonical_service: workload(&self.source, |w| &w.canonical_name),
-            source_canonical_revision: workload(&self.source, |w| &w.canonical_revision),
-            source_cluster: workload(&self.source, |w| &w.cluster_id),
-            destination_workload: workload(&self.endpoint, |w| &w.workload_name),
-            destination_workload_namespace: workload(&self.endpoint, |w| &w.namespace),
-            destination_principal: self
-                .endpoint
-                .as_ref()
-                .map_or_else(|| unknown.clone(), |w| w.identity.to_string().into()),
-            destination_app: workload(&self.endpoint, |w| &w.canonical_name),
-            destination_version: workload(&self.endpoint, |w| &w.canonical_revision),
-            destination_service: self.service.hostname.clone(),
-            destination_service_name: self.service.name.clone(),
-            destination_service_namespace: self.service.namespace.clone(),
-            destination_canonical_service: workload(&self.endpoint, |w| &w.canonical_name),
-            destination_canonical_revision: workload(&self.endpoint, |w| &w.canonical_revision),
-            destination_cluster: workload(&self.endpoint, |w| &w.cluster_id),
-            request_protocol: self.protocol,
-            response_code: self.status,
-            grpc_response_status: self.grpc_status.clone().unwrap_or(empty),
-            response_flags: self.flags.as_str().into(),
-            connection_security_policy: "mutual_tls",
-        }
-    }
 }
 
 impl Drop for RequestRecord {
     fn drop(&mut self) {
-        let labels = self.labels();
         let elapsed = self.started.elapsed();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let response_bytes = self.response_bytes.load(Ordering::Relaxed);
-        self.metrics.requests.get_or_create(&labels).inc();
-        self.metrics
-            .duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64() * 1000.0);
-        self.metrics
-            .request_bytes
-            .get_or_create(&labels)
-            .observe(request_bytes as f64);
-        self.metrics
-            .response_bytes
-            .get_or_create(&labels)
-            .observe(response_bytes as f64);
+        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+            self.log(elapsed, request_bytes, response_bytes);
+        }
+        let series = self.metrics.series(SeriesKey {
+            source_principal: self.source_principal.clone(),
+            source: self.source.clone(),
+            service: self.service.clone(),
+            endpoint: self.endpoint.clone(),
+            protocol: self.protocol,
+            status: self.status,
+            grpc_status: self.grpc_status.clone(),
+            flags: std::mem::take(&mut self.flags),
+        });
+        series.requests.inc();
+        series.duration.observe(elapsed.as_secs_f64() * 1000.0);
+        series.request_bytes.observe(request_bytes as f64);
+        series.response_bytes.observe(response_bytes as f64);
+    }
+}
+
+impl RequestRecord {
+    /// The access-log line.
+    fn log(&self, elapsed: std::time::Duration, request_bytes: u64, response_bytes: u64) {
         let (route, rule) = self.route.clone().unzip();
         let (error, caused_by) = self.error.clone().unzip();
         let source_addr = self
