@@ -100,6 +100,12 @@ fn drain(lab: &Lab, node: &str, refused: &[&str]) {
         report(held),
         lab.ztunnel_log(node)
     );
+    let number: u8 = node.trim_start_matches("node-").parse().unwrap();
+    let readiness = lab.node_http(number, 15021, "/healthz/ready");
+    assert!(
+        readiness.contains(" 503 ") && readiness.contains("draining"),
+        "{node}'s readiness while draining: {readiness}"
+    );
     let mut probes = refused_probes(lab, refused, "draining");
 
     // Wait for both ends: the held connection closed, the process gone.

@@ -5,9 +5,10 @@
 //!   `POST|GET /logging?level=<filter>` (changes the log filter at run time);
 //! - metrics, `:15020`: `GET /metrics` in the Prometheus text format;
 //! - readiness, `:15021`: `GET /healthz/ready` answers 200 once the first xDS push is in and
-//!   every captured pod has its certificate.
+//!   every captured pod has its certificate, and 503 again from the start of a drain.
 //!
-//! They run on the control runtime, never on the data path's. The accept loop and the
+//! They run on the control runtime, never on the data path's, and keep answering while the
+//! data path drains (the metrics show the drain). The accept loop and the
 //! generic responses ([`serve_with`], [`metrics`], [`logging`], ...) are public: the waypoint
 //! serves its own endpoints with them.
 
@@ -44,6 +45,9 @@ pub struct AdminState {
     pub pods: watch::Receiver<Vec<PodSummary>>,
     pub metrics: Arc<Registry>,
     pub set_log_level: LogLevelSetter,
+    /// Becomes true when the drain starts: readiness then answers 503, so that whatever
+    /// watches it (a kubelet, the lab) stops counting on this node's tunnel.
+    pub draining: watch::Receiver<bool>,
 }
 
 /// Which endpoints a listener serves.
@@ -179,13 +183,26 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
                 .is_none()
         })
         .collect();
+    let (status, body) = readiness_answer(*state.draining.borrow(), synced, &missing);
+    text(status, body)
+}
+
+/// What readiness answers: draining wins over everything, then the first configuration, then
+/// the certificates of the captured pods.
+fn readiness_answer(draining: bool, synced: bool, missing: &[String]) -> (StatusCode, String) {
+    if draining {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: no new connections are taken\n".into(),
+        );
+    }
     match (synced, missing.is_empty()) {
-        (true, true) => text(StatusCode::OK, "ready\n".into()),
-        (false, _) => text(
+        (true, true) => (StatusCode::OK, "ready\n".into()),
+        (false, _) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the first configuration from the controller\n".into(),
         ),
-        (true, false) => text(
+        (true, false) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("waiting for certificates: {}\n", missing.join(", ")),
         ),
@@ -307,4 +324,32 @@ pub fn init_logging(json: bool) -> LogLevelSetter {
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_waits_for_configuration_and_certificates_and_ends_with_the_drain() {
+        let missing = ["spiffe://cluster.local/ns/shop/sa/cart".to_string()];
+        let cases = [
+            (false, false, &[][..], 503, "first configuration"),
+            (
+                false,
+                true,
+                &missing[..],
+                503,
+                "waiting for certificates: spiffe://",
+            ),
+            (false, true, &[][..], 200, "ready"),
+            (true, true, &[][..], 503, "draining"),
+            (true, false, &missing[..], 503, "draining"),
+        ];
+        for (draining, synced, missing, code, says) in cases {
+            let (status, body) = readiness_answer(draining, synced, missing);
+            assert_eq!(status.as_u16(), code, "{draining} {synced} {missing:?}");
+            assert!(body.contains(says), "{body}");
+        }
+    }
 }

@@ -146,7 +146,10 @@ pub fn run(config: ZtunnelConfig, set_log_level: LogLevelSetter) -> anyhow::Resu
         pods,
         metrics: Arc::new(registry),
         set_log_level,
+        draining: shutdown.clone(),
     };
+    // The operator endpoints outlive the drain: they stop when the data path is done.
+    let (endpoints_stop_tx, endpoints_stop) = watch::channel(false);
     let control_shutdown = shutdown.clone();
     control.spawn(async move {
         let mut stop = control_shutdown.clone();
@@ -164,7 +167,7 @@ pub fn run(config: ZtunnelConfig, set_log_level: LogLevelSetter) -> anyhow::Resu
             listener,
             state.clone(),
             endpoints,
-            shutdown.clone(),
+            endpoints_stop.clone(),
         ));
     }
 
@@ -183,6 +186,7 @@ pub fn run(config: ZtunnelConfig, set_log_level: LogLevelSetter) -> anyhow::Resu
         let _ = server.await;
         let _ = pods.await;
     });
+    let _ = endpoints_stop_tx.send(true);
     control.shutdown_timeout(Duration::from_secs(2));
     info!("ztunnel stopped");
     Ok(())
