@@ -17,12 +17,66 @@ use webpki::{EndEntityCert, KeyUsage};
 use super::{TlsError, TrustBundle, spiffe_id_of};
 use crate::identity::SpiffeId;
 
+/// What both verifiers share: the mesh roots and the provider's signature algorithms, the
+/// path check from a leaf to a root, and the handshake signature checks.
+#[derive(Debug)]
+struct MeshChain {
+    bundle: TrustBundle,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl MeshChain {
+    /// Builds and checks the path from `end_entity` to a mesh root, then reads its identity.
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: KeyUsage,
+    ) -> Result<SpiffeId, rustls::Error> {
+        let cert = EndEntityCert::try_from(end_entity).map_err(certificate_error)?;
+        cert.verify_for_usage(
+            self.algorithms.all,
+            self.bundle.anchors(),
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(certificate_error)?;
+        spiffe_id_of(end_entity).map_err(rejected)
+    }
+
+    /// Unreachable in practice: the configurations only enable TLS 1.3.
+    fn tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
 /// Verifies client certificates: chain to the mesh roots, client auth, same trust domain.
 #[derive(Debug)]
 pub(crate) struct MeshClientVerifier {
-    bundle: TrustBundle,
+    chain: MeshChain,
     hints: Vec<DistinguishedName>,
-    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl MeshClientVerifier {
@@ -34,9 +88,8 @@ impl MeshClientVerifier {
             .map(|anchor| DistinguishedName::in_sequence(anchor.subject.as_ref()))
             .collect();
         Self {
-            bundle,
+            chain: MeshChain { bundle, algorithms },
             hints,
-            algorithms,
         }
     }
 }
@@ -56,18 +109,14 @@ impl ClientCertVerifier for MeshClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let presented = verify_chain(
-            &self.bundle,
-            &self.algorithms,
-            end_entity,
-            intermediates,
-            now,
-            KeyUsage::client_auth(),
-        )?;
-        if presented.trust_domain() != self.bundle.trust_domain() {
+        let presented =
+            self.chain
+                .verify(end_entity, intermediates, now, KeyUsage::client_auth())?;
+        let bundle = &self.chain.bundle;
+        if presented.trust_domain() != bundle.trust_domain() {
             return Err(rejected(TlsError::ForeignTrustDomain {
                 presented,
-                trust_domain: self.bundle.trust_domain_arc(),
+                trust_domain: bundle.trust_domain_arc(),
             }));
         }
         Ok(ClientCertVerified::assertion())
@@ -79,8 +128,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Unreachable in practice: the configurations only enable TLS 1.3.
-        crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.chain.tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -89,11 +137,11 @@ impl ClientCertVerifier for MeshClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.chain.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.chain.schemes()
     }
 }
 
@@ -101,9 +149,8 @@ impl ClientCertVerifier for MeshClientVerifier {
 /// the expected set. The server name is ignored: HBONE dials addresses, not names.
 #[derive(Debug)]
 pub(crate) struct MeshServerVerifier {
-    bundle: TrustBundle,
+    chain: MeshChain,
     expected: Vec<SpiffeId>,
-    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl MeshServerVerifier {
@@ -113,9 +160,8 @@ impl MeshServerVerifier {
         algorithms: WebPkiSupportedAlgorithms,
     ) -> Self {
         Self {
-            bundle,
+            chain: MeshChain { bundle, algorithms },
             expected,
-            algorithms,
         }
     }
 }
@@ -129,14 +175,9 @@ impl ServerCertVerifier for MeshServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = verify_chain(
-            &self.bundle,
-            &self.algorithms,
-            end_entity,
-            intermediates,
-            now,
-            KeyUsage::server_auth(),
-        )?;
+        let presented =
+            self.chain
+                .verify(end_entity, intermediates, now, KeyUsage::server_auth())?;
         if !self.expected.contains(&presented) {
             let expected = self
                 .expected
@@ -158,8 +199,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Unreachable in practice: the configurations only enable TLS 1.3.
-        crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.chain.tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -168,35 +208,12 @@ impl ServerCertVerifier for MeshServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.chain.tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.chain.schemes()
     }
-}
-
-/// Builds and checks the path from `end_entity` to a mesh root, then reads its identity.
-fn verify_chain(
-    bundle: &TrustBundle,
-    algorithms: &WebPkiSupportedAlgorithms,
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    now: UnixTime,
-    usage: KeyUsage,
-) -> Result<SpiffeId, rustls::Error> {
-    let cert = EndEntityCert::try_from(end_entity).map_err(certificate_error)?;
-    cert.verify_for_usage(
-        algorithms.all,
-        bundle.anchors(),
-        intermediates,
-        now,
-        usage,
-        None,
-        None,
-    )
-    .map_err(certificate_error)?;
-    spiffe_id_of(end_entity).map_err(rejected)
 }
 
 /// Wraps one of our own verification failures so that rustls reports it in the alert path.
