@@ -82,26 +82,16 @@ impl ConfigStore {
         Ok(())
     }
 
-    /// Applies upserts, then removals; a rejected upsert keeps the previous version.
+    /// Applies an update with `upsert` and `remove`, and publishes if anything changed.
     fn apply_with(
         &mut self,
         update: ResourceUpdate,
         upsert: fn(&mut Self, &NamedResource) -> Result<(), ConfigErrors>,
         remove: fn(&mut Self, &str) -> bool,
     ) -> Vec<Rejection> {
-        let mut rejections = Vec::new();
-        let mut changed = false;
-        for resource in &update.resources {
-            match upsert(self, resource) {
-                Ok(()) => changed = true,
-                Err(errors) => {
-                    warn!(resource = %resource.name, %errors, "waypoint resource rejected; its previous version stays in force");
-                    rejections.push(Rejection::new(&resource.name, errors));
-                }
-            }
-        }
-        for name in &update.removed {
-            changed |= remove(self, name);
+        let (rejections, changed) = update.apply_to(self, upsert, remove);
+        for rejection in &rejections {
+            warn!(resource = %rejection.name, errors = %rejection.reason, "waypoint resource rejected; its previous version stays in force");
         }
         if changed {
             self.publish();
@@ -130,16 +120,9 @@ impl ResourceHandler for ConfigStore {
                     store.policies.remove(name).is_some()
                 })
             }
-            other => {
-                let error = ConfigError::UnexpectedType {
-                    type_url: other.to_string(),
-                };
-                update
-                    .resources
-                    .iter()
-                    .map(|r| Rejection::new(&r.name, &error))
-                    .collect()
-            }
+            other => update.reject_all(ConfigError::UnexpectedType {
+                type_url: other.to_string(),
+            }),
         }
     }
 }

@@ -120,25 +120,14 @@ impl DiscoveryStore {
         Ok(())
     }
 
-    /// Applies upserts with `upsert`, then removals with `remove`; a rejected upsert leaves
-    /// the previous version of that resource in place.
+    /// Applies an update with `upsert` and `remove`, and publishes if anything changed.
     fn apply_with(
         &mut self,
         update: ResourceUpdate,
         upsert: fn(&mut Self, &NamedResource) -> Result<(), ResourceError>,
         remove: fn(&mut Self, &str) -> bool,
     ) -> Vec<Rejection> {
-        let mut rejections = Vec::new();
-        let mut changed = false;
-        for resource in &update.resources {
-            match upsert(self, resource) {
-                Ok(()) => changed = true,
-                Err(error) => rejections.push(Rejection::new(&resource.name, error)),
-            }
-        }
-        for name in &update.removed {
-            changed |= remove(self, name);
-        }
+        let (rejections, changed) = update.apply_to(self, upsert, remove);
         if changed {
             self.publish();
         }
@@ -168,16 +157,9 @@ impl ResourceHandler for DiscoveryStore {
                     store.policies.remove(name).is_some()
                 })
             }
-            other => {
-                let error = ResourceError::UnexpectedType {
-                    type_url: other.to_string(),
-                };
-                update
-                    .resources
-                    .iter()
-                    .map(|r| Rejection::new(&r.name, &error))
-                    .collect()
-            }
+            other => update.reject_all(ResourceError::UnexpectedType {
+                type_url: other.to_string(),
+            }),
         }
     }
 }

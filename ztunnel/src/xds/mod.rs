@@ -73,6 +73,42 @@ pub struct ResourceUpdate {
     pub removed: Vec<String>,
 }
 
+impl ResourceUpdate {
+    /// Applies the upserts with `upsert`, then the removals with `remove` (which says whether
+    /// the name was held); a rejected upsert leaves the previous version of that resource in
+    /// place. Returns the rejections and whether anything changed, so that a store publishes
+    /// a new snapshot only when it must.
+    pub fn apply_to<S, E: fmt::Display>(
+        &self,
+        store: &mut S,
+        upsert: impl Fn(&mut S, &NamedResource) -> Result<(), E>,
+        remove: impl Fn(&mut S, &str) -> bool,
+    ) -> (Vec<Rejection>, bool) {
+        let mut rejections = Vec::new();
+        let mut changed = false;
+        for resource in &self.resources {
+            match upsert(store, resource) {
+                Ok(()) => changed = true,
+                Err(error) => rejections.push(Rejection::new(&resource.name, error)),
+            }
+        }
+        for name in &self.removed {
+            changed |= remove(store, name);
+        }
+        (rejections, changed)
+    }
+
+    /// Rejects every resource of the update for one reason (e.g. a type the handler does not
+    /// take).
+    pub fn reject_all(&self, reason: impl fmt::Display) -> Vec<Rejection> {
+        let reason = reason.to_string();
+        self.resources
+            .iter()
+            .map(|r| Rejection::new(&r.name, &reason))
+            .collect()
+    }
+}
+
 /// A resource the client could not use, and why; becomes part of a NACK message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
