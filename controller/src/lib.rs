@@ -9,6 +9,7 @@ pub mod ca;
 pub mod cli;
 pub mod fs;
 pub mod grpc;
+pub mod sorted_diff;
 pub mod status;
 pub mod store;
 pub mod translate;

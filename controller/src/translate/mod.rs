@@ -22,7 +22,7 @@ use serde::Serialize;
 use authorization::PolicySelections;
 
 use crate::store::{DesiredState, NamespacedName};
-use crate::xds::{ResourceSnapshot, TypedResources, VersionedResource};
+use crate::xds::{ResourceSnapshot, TypedResources, VersionedResource, by_name};
 
 pub use authorization::L7_DENY_SUFFIX;
 pub use translator::Translator;
@@ -146,13 +146,7 @@ impl Parts {
             (mesh_proto::L7_POLICY_TYPE_URL, waypoint.policies),
         ]
         .into_iter()
-        .map(|(type_url, list)| {
-            let map = list
-                .into_iter()
-                .map(|r| (r.name.clone(), Arc::new(r)))
-                .collect::<TypedResources>();
-            (type_url.to_string(), map)
-        })
+        .map(|(type_url, list)| (type_url.to_string(), by_name(list)))
         .collect();
         let parts = Parts {
             selections: Arc::new(policies.selections),

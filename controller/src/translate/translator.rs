@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{Parts, TranslateConfig, Translation, workload};
+use crate::sorted_diff::sorted_diff;
 use crate::store::{DesiredState, NamespacedName, Pod};
 use crate::xds::{ResourceSnapshot, TypedResources};
 
@@ -121,46 +122,16 @@ fn only_pods_differ(old: &DesiredState, new: &DesiredState) -> bool {
         && old.http_routes == new.http_routes
 }
 
-/// The names of pods added, removed or changed, walking both name-sorted maps side by side.
+/// The names of pods added, removed or changed.
 fn changed_pods<'a>(
     old: &'a BTreeMap<NamespacedName, Arc<Pod>>,
     new: &'a BTreeMap<NamespacedName, Arc<Pod>>,
 ) -> Vec<&'a NamespacedName> {
-    let mut changed = Vec::new();
-    let mut old = old.iter().peekable();
-    let mut new = new.iter().peekable();
-    loop {
-        match (old.peek(), new.peek()) {
-            (None, None) => return changed,
-            (Some((name, _)), None) => {
-                changed.push(*name);
-                old.next();
-            }
-            (None, Some((name, _))) => {
-                changed.push(*name);
-                new.next();
-            }
-            (Some((old_name, old_pod)), Some((new_name, new_pod))) => {
-                match old_name.cmp(new_name) {
-                    std::cmp::Ordering::Less => {
-                        changed.push(*old_name);
-                        old.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        changed.push(*new_name);
-                        new.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if old_pod != new_pod {
-                            changed.push(*new_name);
-                        }
-                        old.next();
-                        new.next();
-                    }
-                }
-            }
-        }
-    }
+    // Unchanged pods are shared between states: `==` on `Arc<Pod>` compares pointers first.
+    sorted_diff(old, new, |a, b| a == b)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
 }
 
 #[cfg(test)]

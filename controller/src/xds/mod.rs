@@ -6,5 +6,5 @@ pub mod resources;
 pub mod server;
 
 pub use registry::{ProxyRegistry, ProxyStatus};
-pub use resources::{ResourceSnapshot, TypedResources, VersionedResource};
+pub use resources::{ResourceSnapshot, TypedResources, VersionedResource, by_name};
 pub use server::{AdsMetrics, AdsService};

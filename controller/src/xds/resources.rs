@@ -1,10 +1,11 @@
 //! The resources the controller serves, as one immutable snapshot per translation.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use prost::Message;
+
+use crate::sorted_diff::{Difference, sorted_diff};
 
 /// One named, versioned resource in its wire form.
 #[derive(Debug, PartialEq)]
@@ -91,13 +92,7 @@ impl ResourceSnapshot {
     pub fn new(generation: u64, types: BTreeMap<String, Vec<VersionedResource>>) -> Self {
         let types = types
             .into_iter()
-            .map(|(type_url, list)| {
-                let map = list
-                    .into_iter()
-                    .map(|r| (r.name.clone(), Arc::new(r)))
-                    .collect::<TypedResources>();
-                (type_url, map)
-            })
+            .map(|(type_url, list)| (type_url, by_name(list)))
             .collect();
         Self {
             generation,
@@ -129,43 +124,22 @@ impl ResourceSnapshot {
     }
 }
 
-/// Walks two name-sorted maps side by side: O(old + new), each name compared once.
 fn type_changes(old: &TypedResources, new: &TypedResources) -> TypeChanges {
     let mut changes = TypeChanges::default();
-    let mut old = old.iter().peekable();
-    let mut new = new.iter().peekable();
-    loop {
-        match (old.peek(), new.peek()) {
-            (None, None) => return changes,
-            (Some((name, _)), None) => {
-                changes.removed.push((*name).clone());
-                old.next();
-            }
-            (None, Some((name, _))) => {
-                changes.updated.push((*name).clone());
-                new.next();
-            }
-            (Some((old_name, old_resource)), Some((new_name, new_resource))) => {
-                match old_name.cmp(new_name) {
-                    Ordering::Less => {
-                        changes.removed.push((*old_name).clone());
-                        old.next();
-                    }
-                    Ordering::Greater => {
-                        changes.updated.push((*new_name).clone());
-                        new.next();
-                    }
-                    Ordering::Equal => {
-                        if old_resource.version != new_resource.version {
-                            changes.updated.push((*new_name).clone());
-                        }
-                        old.next();
-                        new.next();
-                    }
-                }
-            }
+    for (name, difference) in sorted_diff(old, new, |a, b| a.version == b.version) {
+        match difference {
+            Difference::Added | Difference::Changed => changes.updated.push(name.clone()),
+            Difference::Removed => changes.removed.push(name.clone()),
         }
     }
+    changes
+}
+
+/// Resources keyed by their names.
+pub fn by_name(list: Vec<VersionedResource>) -> TypedResources {
+    list.into_iter()
+        .map(|r| (r.name.clone(), Arc::new(r)))
+        .collect()
 }
 
 #[cfg(test)]
