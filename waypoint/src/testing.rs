@@ -485,3 +485,57 @@ impl TestCa {
         .unwrap()
     }
 }
+
+/// Opens a tunnel to `vip:port` through `inbound`, as `client_identity()`, and serves it as
+/// the HBONE server would; the returned end plays the client's side of the tunnel.
+pub(crate) async fn open_tunnel(
+    inbound: &impl ztunnel::hbone::ConnectHandler,
+    vip: [u8; 4],
+    port: u16,
+) -> tokio::io::DuplexStream {
+    use ztunnel::hbone::{ConnectDecision, ConnectRequest};
+    let request = ConnectRequest {
+        authority: SocketAddr::from((vip, port)),
+        peer_identity: client_identity(),
+        peer_addr: "127.0.0.2:40000".parse().unwrap(),
+        local_addr: "127.0.0.3:15008".parse().unwrap(),
+        headers: http::HeaderMap::new(),
+    };
+    match inbound.connect(&request).await {
+        ConnectDecision::Serve(service) => {
+            let (client, tunnel) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(service(Box::new(tunnel)));
+            client
+        }
+        ConnectDecision::Accept(_) => panic!("the waypoint serves its tunnels itself"),
+        ConnectDecision::Reject(rejection) => panic!("rejected: {rejection:?}"),
+    }
+}
+
+/// Sums the samples of metric `name` whose labels contain every one of `filters`.
+pub(crate) fn metric_sum(text: &str, name: &str, filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits up to five seconds for `metric_sum(name, filters)` of `proxy` to reach `expected`
+/// (a request is recorded when its response body or upgraded connection is dropped, which
+/// may be just after the client saw the end); returns the last sum.
+pub(crate) async fn wait_for_metric(
+    proxy: &TestProxy,
+    name: &str,
+    filters: &[&str],
+    expected: f64,
+) -> f64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let sum = metric_sum(&proxy.metrics_text(), name, filters);
+        if sum == expected || tokio::time::Instant::now() > deadline {
+            return sum;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -8,8 +8,8 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use super::{Handler, ProxyError, RequestContext};
-use crate::body::{self, Body, CountingBody, HoldingBody};
-use crate::telemetry::{RequestMetrics, RequestRecord, TraceContext};
+use crate::body::{self, Body, CountingBody};
+use crate::telemetry::{RecordingBody, RequestMetrics, RequestRecord, TraceContext, grpc_status};
 
 /// See the module documentation.
 pub struct Edge<H> {
@@ -61,18 +61,16 @@ impl<H: Handler> Edge<H> {
             }
         };
         record.status = response.status().as_u16();
-        record.grpc_status = response
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .map(Into::into);
+        if record.protocol == "grpc" {
+            // A trailers-only response; otherwise the body's trailers say it (RecordingBody).
+            record.grpc_status = grpc_status(response.headers());
+        }
         record.flags = if flags.is_empty() {
             "-".into()
         } else {
             flags.join(",")
         };
-        let sent = record.response_bytes.clone();
-        response.map(|body| HoldingBody::wrap(CountingBody::new(body, sent).boxed_unsync(), record))
+        response.map(|body| RecordingBody::wrap(body, record))
     }
 
     fn start_record(

@@ -8,7 +8,11 @@
 //! identity: Istio's 25 labels are built, formatted and hashed only the first time a
 //! combination is seen.
 
+mod body;
 mod trace;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,7 +31,30 @@ use tracing::info;
 use ztunnel::identity::SpiffeId;
 use ztunnel::state::{ServiceInfo, WorkloadInfo};
 
+pub use body::RecordingBody;
 pub use trace::TraceContext;
+
+/// The `grpc-status` of a response's headers (trailers-only) or trailers.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<Arc<str>> {
+    let value = headers.get("grpc-status")?.to_str().ok()?.trim();
+    // The codes are small numbers; anything else is not a status and not a label value.
+    (!value.is_empty() && value.len() <= 3 && value.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| value.into())
+}
+
+/// The gRPC status a client reports for an HTTP status without `grpc-status` (gRPC's
+/// "HTTP to gRPC status code mapping", as Envoy applies it): a response the waypoint or a
+/// non-gRPC hop answered.
+fn grpc_status_of_http(status: u16) -> &'static str {
+    match status {
+        400 => "13",
+        401 => "16",
+        403 => "7",
+        404 => "12",
+        429 | 502 | 503 | 504 => "14",
+        _ => "2",
+    }
+}
 
 /// Istio's buckets of `istio_request_duration_milliseconds`.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -337,7 +364,8 @@ pub struct RequestRecord {
     pub protocol: &'static str,
     /// The response status; 0 while there is none.
     pub status: u16,
-    /// The `grpc-status` of a trailers-only gRPC response.
+    /// The `grpc-status` of a gRPC response: its trailers', or its headers' when it is
+    /// trailers-only. `None` for other requests.
     pub grpc_status: Option<Arc<str>>,
     /// Envoy-style response flags, "-" for none.
     pub flags: String,
@@ -388,8 +416,20 @@ impl RequestRecord {
     }
 }
 
+impl RequestRecord {
+    /// Adds the bytes an upgraded connection carried (client to endpoint, and back).
+    pub fn add_upgraded_bytes(&self, sent: u64, received: u64) {
+        self.request_bytes.fetch_add(sent, Ordering::Relaxed);
+        self.response_bytes.fetch_add(received, Ordering::Relaxed);
+    }
+}
+
 impl Drop for RequestRecord {
     fn drop(&mut self) {
+        if self.protocol == "grpc" && self.grpc_status.is_none() && !matches!(self.status, 0 | 200)
+        {
+            self.grpc_status = Some(grpc_status_of_http(self.status).into());
+        }
         let elapsed = self.started.elapsed();
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let response_bytes = self.response_bytes.load(Ordering::Relaxed);
@@ -434,6 +474,7 @@ impl RequestRecord {
             authority = %self.authority,
             protocol = self.version,
             status = self.status,
+            grpc_status = self.grpc_status.as_deref(),
             flags = %self.flags,
             route = route.as_deref(),
             rule = rule.as_deref(),
