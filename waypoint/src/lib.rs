@@ -27,3 +27,5 @@ pub mod upstream;
 mod hbone_tests;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod upgrade_tests;

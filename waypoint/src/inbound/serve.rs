@@ -110,7 +110,8 @@ async fn serve_http<C: Connector, T: Io>(
                 .header_read_timeout(settings.header_read_timeout)
                 .max_buf_size(settings.max_header_bytes.max(8192))
                 .max_headers(MAX_HEADERS);
-            drive!(builder.serve_connection(io, service), drain)
+            // With upgrades: the edge joins a `101`'s connection to the endpoint's.
+            drive!(builder.serve_connection(io, service).with_upgrades(), drain)
         }
         HttpVersion::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());

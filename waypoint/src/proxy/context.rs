@@ -80,6 +80,9 @@ pub struct RequestContext {
     pub endpoint: Option<Arc<WorkloadInfo>>,
     /// Envoy-style response flags added on the way (`DI`, `FI`, `URX`).
     pub flags: Vec<&'static str>,
+    /// The protocol an HTTP/1.1 upgrade request asks for (set by the edge); such a request
+    /// is sent once, without mirrors.
+    pub upgrade: Option<http::HeaderValue>,
 }
 
 impl RequestContext {
@@ -109,6 +112,7 @@ impl RequestContext {
             tried: Vec::new(),
             endpoint: None,
             flags: Vec::new(),
+            upgrade: None,
         }
     }
 

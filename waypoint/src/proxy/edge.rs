@@ -7,7 +7,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use tracing::Instrument;
 
-use super::{Handler, ProxyError, RequestContext};
+use super::{Handler, ProxyError, RequestContext, upgrade};
 use crate::body::{self, Body, CountingBody};
 use crate::telemetry::{RecordingBody, RequestMetrics, RequestRecord, TraceContext, grpc_status};
 
@@ -24,7 +24,18 @@ impl<H: Handler> Edge<H> {
     }
 
     /// Handles one request; never fails: errors become responses.
-    pub async fn serve(&self, request: Request<Body>, cx: &mut RequestContext) -> Response<Body> {
+    pub async fn serve(
+        &self,
+        mut request: Request<Body>,
+        cx: &mut RequestContext,
+    ) -> Response<Body> {
+        // Taken before the layers see the request: hyper completes the client's upgrade
+        // only while this handle lives, and copies of the request would not carry it.
+        cx.upgrade = upgrade::requested(&request, cx.version);
+        let downstream_upgrade = cx
+            .upgrade
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut request));
         let trace = TraceContext::from_headers(request.headers(), &mut rand::rng());
         let mut record = self.start_record(&request, cx, &trace);
         // Debug, not info: the fmt layer formats an enabled span's fields when it is created,
@@ -70,6 +81,11 @@ impl<H: Handler> Edge<H> {
         } else {
             flags.join(",")
         };
+        if let Some(downstream) = downstream_upgrade
+            && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        {
+            return upgrade::join(response, downstream, record);
+        }
         response.map(|body| RecordingBody::wrap(body, record))
     }
 

@@ -1,11 +1,12 @@
 //! The innermost layer: sends the request to the chosen endpoint with the HTTP client, in
-//! the version the client spoke, and relays the response without hop-by-hop headers.
+//! the version the client spoke, and relays the response without hop-by-hop headers (an
+//! upgrade's `Connection` and `Upgrade` are put back, on the request and on a `101`).
 
 use http::uri::Authority;
 use http::{Request, Response};
 
 use super::normalize::strip_hop_by_hop;
-use super::{ProxyError, RequestContext};
+use super::{ProxyError, RequestContext, upgrade};
 use crate::body::{self, Body};
 use crate::upstream::{Connector, HttpClient, UpstreamTarget};
 
@@ -24,9 +25,12 @@ impl<C: Connector> Forward<C> {
     pub async fn send(
         &self,
         target: &UpstreamTarget,
-        request: Request<Body>,
+        mut request: Request<Body>,
         cx: &RequestContext,
     ) -> Result<Response<Body>, ProxyError> {
+        if let Some(protocol) = &cx.upgrade {
+            upgrade::insert_headers(request.headers_mut(), protocol.clone());
+        }
         let authority = match &cx.authority {
             Some(authority) => authority.clone(),
             None => {
@@ -39,7 +43,14 @@ impl<C: Connector> Forward<C> {
             .send(target, cx.version, &authority, request)
             .await?;
         let mut response = response.map(body::boxed);
+        let switched = (cx.upgrade.is_some()
+            && response.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| response.headers().get(http::header::UPGRADE).cloned())
+            .flatten();
         strip_hop_by_hop(response.headers_mut());
+        if let Some(protocol) = switched {
+            upgrade::insert_headers(response.headers_mut(), protocol);
+        }
         Ok(response)
     }
 }

@@ -41,7 +41,9 @@ impl<H: Handler, C: Connector> Handler for Mirror<H, C> {
         request: Request<Body>,
         cx: &mut RequestContext,
     ) -> Result<Response<Body>, ProxyError> {
-        let Some(rule) = cx.route.as_ref().map(|r| r.rule.clone()) else {
+        // An upgrade is not mirrored: a copy cannot share the client's upgraded connection.
+        let rule = cx.route.as_ref().filter(|_| cx.upgrade.is_none());
+        let Some(rule) = rule.map(|r| r.rule.clone()) else {
             return self.inner.handle(request, cx).await;
         };
         let chosen: Vec<_> = rule

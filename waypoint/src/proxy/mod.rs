@@ -16,6 +16,9 @@
 //! | [`Balance`] | `balance.rs` | 503 when no endpoint may take the request |
 //! | [`Forward`] | `forward.rs` | 503 when the endpoint cannot be reached |
 //!
+//! An HTTP/1.1 upgrade (WebSocket) passes the same layers; on `101` the edge joins the two
+//! connections (`upgrade.rs`).
+//!
 //! What a layer learns for the layers below it (the matched rule, the chosen backend, the
 //! endpoints tried) travels in the [`RequestContext`]. [`build`] assembles the stack.
 
@@ -31,6 +34,7 @@ mod mirror;
 mod normalize;
 mod retry;
 mod route;
+mod upgrade;
 
 #[cfg(test)]
 mod tests;

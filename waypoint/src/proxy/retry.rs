@@ -53,10 +53,11 @@ impl<H: Handler> Handler for Retry<H> {
     ) -> Result<Response<Body>, ProxyError> {
         let rule = cx.route.as_ref().map(|r| r.rule.clone());
         let per_try = rule.as_ref().and_then(|r| r.timeouts.backend_request);
+        // An upgraded connection cannot be replayed: an upgrade is sent once.
         let policy = rule
             .as_ref()
             .and_then(|r| r.retry.clone())
-            .filter(|p| p.attempts > 0);
+            .filter(|p| p.attempts > 0 && cx.upgrade.is_none());
         let Some(policy) = policy else {
             return self.attempt(request, per_try, cx).await;
         };

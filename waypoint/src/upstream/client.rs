@@ -247,8 +247,10 @@ impl<C: Connector> HttpClient<C> {
         let (sender, connection) = tokio::time::timeout(timeout, dial)
             .await
             .map_err(|_| ConnectError::Timeout { address, timeout })??;
+        // With upgrades: after a `101` the connection is handed to the response's
+        // `OnUpgrade` (and never returns to the pool).
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            if let Err(error) = connection.with_upgrades().await {
                 debug!(%address, %error, "HTTP/1.1 connection to endpoint ended with an error");
             }
         });
