@@ -3,7 +3,7 @@
 # table, and on the full mesh path beside direct traffic.
 #
 #   cargo build --release --workspace --bins     # once; this script builds nothing
-#   sudo tests/bench/waypoint.sh                 # about 12 minutes plus the wait for a quiet machine
+#   sudo tests/bench/waypoint.sh                 # about 9 minutes plus the wait for a quiet machine
 #
 # Part A, the proxy alone: our waypoint's L7 engine and Envoy, one worker each, in turn in front
 # of the same two backends, with the same route table: service `reviews` split 90/10 between
