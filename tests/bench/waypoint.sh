@@ -239,14 +239,27 @@ standalone_part() {
         STARTED=$!
         PIDS+=("$STARTED")
     }
-    stop() { kill -- "-$1" 2>/dev/null || true; for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -9 -- "-$1" 2>/dev/null || true; }
+    # stop PID: ends the process group and forgets it, so that clean-up never signals a
+    # group id the system may since have given to someone else.
+    stop() {
+        kill -- "-$1" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+        kill -9 -- "-$1" 2>/dev/null || true
+        wait "$1" 2>/dev/null || true
+        local kept=() pid
+        for pid in "${PIDS[@]}"; do [[ $pid == "$1" ]] || kept+=("$pid"); done
+        PIDS=("${kept[@]}")
+    }
     port_open() { inns bash -c "exec 3<>/dev/tcp/$1/$2"; }
 
     local v1conf v2conf
     v1conf=$(nginx_conf v1 127.0.0.11:8080 127.0.0.11:8082)
     v2conf=$(nginx_conf v2 127.0.0.12:8080 127.0.0.12:8082)
+    local backends=()
     start nginx-v1 nginx -c "$v1conf"
+    backends+=("$STARTED")
     start nginx-v2 nginx -c "$v2conf"
+    backends+=("$STARTED")
     for ip in 127.0.0.11 127.0.0.12; do
         until_ok "nginx on $ip" 20 port_open "$ip" 8080
         until_ok "nginx on $ip (HTTP/2)" 20 port_open "$ip" 8082
@@ -363,7 +376,7 @@ EOF
         fi
     }
 
-    local round proto mode order
+    local round proto mode order pid
     for ((round = 1; round <= ROUNDS; round++)); do
         # Alternate which proxy goes first, so that a drift of the machine does not favour one.
         ((round % 2)) && order="waypoint envoy direct" || order="envoy waypoint direct"
@@ -376,6 +389,7 @@ EOF
         done
     done
     SEEN[A]="waypoint envoy direct"
+    for pid in "${backends[@]}"; do stop "$pid"; done
     ip netns delete "$NETNS"
 }
 
