@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
@@ -210,14 +211,11 @@ pub async fn accept_loop<F, Fut>(
                     id += 1;
                     let span = tracing::debug_span!("connection", direction, id, src.addr = %peer);
                     let counted = open.open();
-                    let task = handle(stream, peer);
-                    tokio::spawn(
-                        async move {
-                            task.await;
-                            drop(counted);
-                        }
-                        .instrument(span),
-                    );
+                    // `map`, not an `async` block awaiting the task: a generator keeps the
+                    // captured future and the one it awaits apart, which doubled the size of
+                    // every connection's task (+1.7 KiB per open connection).
+                    let task = handle(stream, peer).map(move |()| drop(counted));
+                    tokio::spawn(task.instrument(span));
                 }
                 Err(error) => {
                     tracing::warn!(direction, %error, "accept failed");
