@@ -1,4 +1,4 @@
-//! The command line: `testapp serve | get | echo`.
+//! The command line: `testapp serve | get | echo | upgrade`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use crate::client::{EchoConfig, LoadConfig, Protocol};
-use crate::client::{echo, load};
+use crate::client::{EchoConfig, LoadConfig, Protocol, UpgradeConfig};
+use crate::client::{echo, load, upgrade};
 use crate::server::{AppIdentity, DEFAULT_HTTP_PORT, DRAIN_DEADLINE, Faults, ServeConfig, UNKNOWN};
 use crate::target::HttpTarget;
 
@@ -21,7 +21,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The three modes.
+/// The modes.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Answer HTTP/1.1, h2c and gRPC requests with who answered, and echo TCP.
@@ -30,6 +30,9 @@ pub enum Command {
     Get(GetArgs),
     /// Send a marker to a TCP echo and check it comes back.
     Echo(EchoArgs),
+    /// Upgrade an HTTP/1.1 connection (as WebSocket does), send a marker on it, check it comes
+    /// back and that the close does, and print a JSON report.
+    Upgrade(UpgradeArgs),
 }
 
 /// Options of `testapp serve`.
@@ -111,6 +114,22 @@ pub struct EchoArgs {
     pub timeout_ms: u64,
 }
 
+/// Options of `testapp upgrade`.
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The URL, http://HOST[:PORT][/PATH]; HOST must be loopback or a lab address.
+    pub url: String,
+    /// The marker to send on the upgraded connection.
+    #[arg(long, value_name = "M")]
+    pub message: String,
+    /// The protocol to upgrade to (the `Upgrade` header).
+    #[arg(long, value_name = "P", default_value = upgrade::DEFAULT_PROTOCOL)]
+    pub protocol: HeaderValue,
+    /// The deadline of the whole run, connecting included.
+    #[arg(long, value_name = "T", default_value_t = millis(load::DEFAULT_TIMEOUT))]
+    pub timeout_ms: u64,
+}
+
 impl ServeArgs {
     /// The server configuration these options describe (validated when the server binds).
     pub fn config(&self) -> ServeConfig {
@@ -169,6 +188,18 @@ impl EchoArgs {
             message: self.message.as_bytes().to_vec(),
             hold: Duration::from_millis(self.hold_ms),
             round_timeout: Duration::from_millis(self.timeout_ms),
+        }
+    }
+}
+
+impl UpgradeArgs {
+    /// The upgrade configuration for the resolved `target`.
+    pub fn config(&self, target: HttpTarget) -> UpgradeConfig {
+        UpgradeConfig {
+            target,
+            protocol: self.protocol.clone(),
+            message: self.message.as_bytes().to_vec(),
+            timeout: Duration::from_millis(self.timeout_ms),
         }
     }
 }
@@ -283,5 +314,19 @@ mod tests {
         assert_eq!(config.message, b"hi");
         assert_eq!(config.hold, Duration::from_millis(500));
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn upgrade_options_parse() {
+        let Command::Upgrade(args) = parse(&["upgrade", "http://ws/chat", "--message", "hi"])
+        else {
+            panic!("not upgrade")
+        };
+        assert_eq!(
+            (args.url.as_str(), args.message.as_str()),
+            ("http://ws/chat", "hi")
+        );
+        assert_eq!(args.protocol, "websocket");
+        assert_eq!(args.timeout_ms, 5_000);
     }
 }

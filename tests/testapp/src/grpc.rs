@@ -16,6 +16,9 @@ const PREFIX_LEN: usize = 5;
 /// gRPC status `OK`.
 pub const STATUS_OK: u32 = 0;
 
+/// The highest gRPC status code (`UNAUTHENTICATED`).
+pub const MAX_STATUS: u32 = 16;
+
 /// Why a gRPC body could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {

@@ -4,8 +4,8 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use mesh_testapp::cli::{Cli, Command, EchoArgs, GetArgs, ServeArgs};
-use mesh_testapp::client::{echo, load};
+use mesh_testapp::cli::{Cli, Command, EchoArgs, GetArgs, ServeArgs, UpgradeArgs};
+use mesh_testapp::client::{echo, load, upgrade};
 use mesh_testapp::server::TestServer;
 use mesh_testapp::target::HttpTarget;
 use tokio::signal::unix::{SignalKind, signal};
@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Get(args) => get(args).await,
         Command::Echo(args) => run_echo(args).await,
+        Command::Upgrade(args) => run_upgrade(args).await,
     }
 }
 
@@ -93,6 +94,20 @@ async fn get(args: GetArgs) -> ExitCode {
 
 async fn run_echo(args: EchoArgs) -> ExitCode {
     let report = echo::run(&args.config()).await;
+    print_json(&report);
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run_upgrade(args: UpgradeArgs) -> ExitCode {
+    let target = match HttpTarget::resolve(&args.url).await {
+        Ok(target) => target,
+        Err(error) => return fail(EXIT_USAGE, &error),
+    };
+    let report = upgrade::run(&args.config(target)).await;
     print_json(&report);
     if report.ok {
         ExitCode::SUCCESS

@@ -5,10 +5,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Request;
+use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Full};
-use mesh_testapp::client::{HttpConnection, Protocol, load};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use mesh_testapp::client::{HttpConnection, Protocol, UpgradeConfig, load, upgrade};
 use mesh_testapp::server::Reply;
+use mesh_testapp::target::HttpTarget;
 use support::{RunningServer, bounded};
 
 async fn one_reply(
@@ -252,6 +255,93 @@ async fn shutdown_lets_a_request_in_flight_finish() {
             tokio::net::TcpStream::connect(http).await.is_err(),
             "listener closed"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_grpc_call_ends_with_the_status_its_query_asks_for() {
+    bounded(async {
+        let server = RunningServer::start(0.0, 0).await;
+        let path = "/testapp.TestApp/Echo?grpc_status=5";
+        let mut config = server.load(path, 2, Protocol::Http2).await;
+        config.grpc = true;
+        let summary = load::run(config, |_| {}).await;
+        assert_eq!((summary.ok, summary.errors), (0, 0), "{summary:?}");
+        assert_eq!(summary.status.get("200"), Some(&2), "{summary:?}");
+        assert_eq!(summary.grpc_status.get("5"), Some(&2), "{summary:?}");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_upgrade_switches_echoes_and_closes_and_the_server_drains() {
+    bounded(async {
+        let server = RunningServer::start(0.0, 0).await;
+        let config = UpgradeConfig {
+            target: HttpTarget::resolve(&server.url("/chat")).await.unwrap(),
+            protocol: HeaderValue::from_static("websocket"),
+            message: b"hello over the upgrade".to_vec(),
+            timeout: Duration::from_secs(5),
+        };
+        let report = upgrade::run(&config).await;
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.status, Some(101));
+        assert_eq!(report.pod.as_deref(), Some("pod-a"));
+        assert_eq!(report.echoed_bytes, config.message.len());
+        assert!(report.closed);
+
+        // An upgraded echo left open does not hold shutdown past the drain deadline.
+        let stream = tokio::net::TcpStream::connect(server.http).await.unwrap();
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection.with_upgrades());
+        let request = Request::get("/chat")
+            .header("host", "ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 101);
+        let _held = hyper::upgrade::on(response).await.unwrap();
+        assert!(
+            server.stop().await,
+            "the held upgrade kept the server from draining"
+        );
+
+        let refused = UpgradeConfig {
+            target: HttpTarget::resolve(&format!("http://{}/", server_free_addr().await))
+                .await
+                .unwrap(),
+            ..config
+        };
+        assert!(!upgrade::run(&refused).await.ok);
+    })
+    .await;
+}
+
+/// An address on loopback where nothing listens.
+async fn server_free_addr() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn a_plain_request_is_not_switched() {
+    bounded(async {
+        let server = RunningServer::start(0.0, 0).await;
+        let config = UpgradeConfig {
+            target: HttpTarget::resolve(&server.url("/")).await.unwrap(),
+            protocol: HeaderValue::from_static("h2c"),
+            message: b"x".to_vec(),
+            timeout: Duration::from_secs(5),
+        };
+        let report = upgrade::run(&config).await;
+        assert_eq!(report.status, Some(200), "{report:?}");
+        assert!(!report.ok);
+        assert!(report.error.unwrap().contains("not 101"));
+        server.stop().await;
     })
     .await;
 }

@@ -1,4 +1,5 @@
-//! The HTTP listener: HTTP/1.1 and HTTP/2 prior knowledge on one port, a task per connection.
+//! The HTTP listener: HTTP/1.1 (with Upgrade) and HTTP/2 prior knowledge on one port, a task
+//! per connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use super::{ACCEPT_ERROR_PAUSE, DRAIN_DEADLINE, Responder};
+use super::{ACCEPT_ERROR_PAUSE, DRAIN_DEADLINE, Responder, upgrade_echo};
 use crate::shutdown::DrainWatch;
 
 /// Accepts connections until shutdown; each connection holds its own drain watch.
@@ -51,12 +52,20 @@ async fn serve_connection(
 ) {
     // Latency tests measure the app, not Nagle's algorithm.
     let _ = stream.set_nodelay(true);
+    let upgrade_drain = drain.clone();
     let service = service_fn(move |request| {
         let responder = responder.clone();
-        async move { Ok::<_, Infallible>(responder.respond(request, peer).await) }
+        let drain = upgrade_drain.clone();
+        async move {
+            let response = match upgrade_echo::requested(&request) {
+                Some(protocol) => upgrade_echo::accept(request, protocol, &responder, drain),
+                None => responder.respond(request, peer).await,
+            };
+            Ok::<_, Infallible>(response)
+        }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -1,9 +1,11 @@
-//! `testapp serve`: the HTTP responder and the TCP echo, with graceful shutdown.
+//! `testapp serve`: the HTTP responder (with an echo behind HTTP/1.1 Upgrade) and the TCP
+//! echo, with graceful shutdown.
 
 mod echo_server;
 mod http_server;
 pub mod overrides;
 pub mod reply;
+mod upgrade_echo;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

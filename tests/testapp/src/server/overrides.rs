@@ -1,9 +1,11 @@
 //! Per-request overrides carried in the query string, so one server can be told by each test
-//! request what to do: `?status=500&delay_ms=100`.
+//! request what to do: `?status=500&delay_ms=100`, or for gRPC `?grpc_status=5`.
 
 use std::time::Duration;
 
 use http::StatusCode;
+
+use crate::grpc;
 
 /// The longest delay a request may ask for; longer asks are refused rather than left hanging.
 pub const MAX_DELAY: Duration = Duration::from_secs(60);
@@ -15,6 +17,9 @@ pub struct Overrides {
     pub status: Option<StatusCode>,
     /// Wait this long before answering (`delay_ms=`), instead of the configured delay.
     pub delay: Option<Duration>,
+    /// For a gRPC call, end it with this `grpc-status` in the trailers (`grpc_status=`),
+    /// instead of the one that maps from the HTTP status.
+    pub grpc_status: Option<u32>,
 }
 
 /// A query parameter the server understands but could not accept.
@@ -23,6 +28,12 @@ pub enum OverrideError {
     /// `status=` is not a number in 100..=599.
     #[error("query parameter status={value:?} is not an HTTP status between 100 and 599")]
     InvalidStatus {
+        /// The value as sent.
+        value: String,
+    },
+    /// `grpc_status=` is not a gRPC status code (0..=16).
+    #[error("query parameter grpc_status={value:?} is not a gRPC status between 0 and {max}", max = grpc::MAX_STATUS)]
+    InvalidGrpcStatus {
         /// The value as sent.
         value: String,
     },
@@ -52,6 +63,7 @@ impl Overrides {
             match key {
                 "status" => overrides.status = Some(parse_status(value)?),
                 "delay_ms" => overrides.delay = Some(parse_delay(value)?),
+                "grpc_status" => overrides.grpc_status = Some(parse_grpc_status(value)?),
                 _ => {}
             }
         }
@@ -68,6 +80,16 @@ fn parse_status(value: &str) -> Result<StatusCode, OverrideError> {
         return Err(invalid());
     }
     StatusCode::from_u16(code).map_err(|_| invalid())
+}
+
+fn parse_grpc_status(value: &str) -> Result<u32, OverrideError> {
+    value
+        .parse()
+        .ok()
+        .filter(|code| *code <= grpc::MAX_STATUS)
+        .ok_or_else(|| OverrideError::InvalidGrpcStatus {
+            value: value.to_owned(),
+        })
 }
 
 fn parse_delay(value: &str) -> Result<Duration, OverrideError> {
@@ -96,9 +118,11 @@ mod tests {
 
     #[test]
     fn status_and_delay_are_read() {
-        let overrides = Overrides::from_query(Some("x=1&status=500&delay_ms=100")).unwrap();
+        let overrides =
+            Overrides::from_query(Some("x=1&status=500&delay_ms=100&grpc_status=5")).unwrap();
         assert_eq!(overrides.status, Some(StatusCode::INTERNAL_SERVER_ERROR));
         assert_eq!(overrides.delay, Some(Duration::from_millis(100)));
+        assert_eq!(overrides.grpc_status, Some(5));
     }
 
     #[test]
@@ -107,6 +131,13 @@ mod tests {
             let error = Overrides::from_query(Some(bad)).unwrap_err();
             assert!(
                 matches!(error, OverrideError::InvalidStatus { .. }),
+                "{bad}: {error}"
+            );
+        }
+        for bad in ["grpc_status=17", "grpc_status=-1", "grpc_status=ok"] {
+            let error = Overrides::from_query(Some(bad)).unwrap_err();
+            assert!(
+                matches!(error, OverrideError::InvalidGrpcStatus { .. }),
                 "{bad}: {error}"
             );
         }

@@ -73,6 +73,16 @@ pub struct Faults {
     pub delay: Duration,
 }
 
+/// How one request is answered, once its body is read.
+#[derive(Debug)]
+struct Decision {
+    status: StatusCode,
+    delay: Duration,
+    body_bytes: usize,
+    /// The `grpc-status` the request asked for, if any.
+    grpc_status: Option<u32>,
+}
+
 /// Answers requests on behalf of one app instance.
 #[derive(Debug)]
 pub struct Responder {
@@ -114,12 +124,15 @@ impl Responder {
             self.json_response(&reply)
         } else {
             match self.decide(&parts, body).await {
-                Ok((status, delay, body_bytes)) => {
-                    tokio::time::sleep(delay).await;
-                    reply.status = status.as_u16();
-                    reply.body_bytes = body_bytes;
+                Ok(decision) => {
+                    tokio::time::sleep(decision.delay).await;
+                    reply.status = decision.status.as_u16();
+                    reply.body_bytes = decision.body_bytes;
                     if is_grpc {
-                        self.grpc_response(&reply)
+                        let code = decision
+                            .grpc_status
+                            .unwrap_or_else(|| grpc::status_for_http(reply.status));
+                        self.grpc_response(&reply, code)
                     } else {
                         self.json_response(&reply)
                     }
@@ -135,7 +148,7 @@ impl Responder {
         &self,
         parts: &http::request::Parts,
         body: B,
-    ) -> Result<(StatusCode, Duration, usize), (StatusCode, String)>
+    ) -> Result<Decision, (StatusCode, String)>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -157,11 +170,12 @@ impl Responder {
                 StatusCode::OK
             }
         });
-        Ok((
+        Ok(Decision {
             status,
-            overrides.delay.unwrap_or(self.faults.delay),
+            delay: overrides.delay.unwrap_or(self.faults.delay),
             body_bytes,
-        ))
+            grpc_status: overrides.grpc_status,
+        })
     }
 
     fn reply_for(&self, parts: &http::request::Parts, peer: SocketAddr) -> Reply {
@@ -206,8 +220,7 @@ impl Responder {
     }
 
     /// gRPC failures travel in trailers over HTTP 200, as gRPC servers send them.
-    fn grpc_response(&self, reply: &Reply) -> Response<ReplyBody> {
-        let code = grpc::status_for_http(reply.status);
+    fn grpc_response(&self, reply: &Reply, code: u32) -> Response<ReplyBody> {
         let message = if code == grpc::STATUS_OK {
             grpc::encode_message(&serde_json::to_vec(reply).unwrap_or_default())
         } else {
@@ -216,7 +229,10 @@ impl Responder {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from(code));
         if code != grpc::STATUS_OK {
-            let text = format!("testapp answered with HTTP status {}", reply.status);
+            let text = format!(
+                "testapp answered with gRPC status {code} (HTTP status {})",
+                reply.status
+            );
             if let Ok(value) = HeaderValue::from_str(&text) {
                 trailers.insert("grpc-message", value);
             }
@@ -240,7 +256,8 @@ impl Responder {
         build(status, "application/json", Full::from(body).boxed(), None)
     }
 
-    fn stamp(&self, mut response: Response<ReplyBody>) -> Response<ReplyBody> {
+    /// Adds the headers naming the pod and version that answered.
+    pub(super) fn stamp(&self, mut response: Response<ReplyBody>) -> Response<ReplyBody> {
         let headers = response.headers_mut();
         if let Some(pod) = &self.pod_header {
             headers.insert(POD_HEADER, pod.clone());

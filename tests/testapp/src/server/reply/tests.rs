@@ -142,7 +142,11 @@ async fn bad_requests_are_refused_with_a_reason() {
 }
 
 fn grpc_call() -> Request<Full<Bytes>> {
-    Request::post("/testapp.TestApp/Echo")
+    grpc_call_to("/testapp.TestApp/Echo")
+}
+
+fn grpc_call_to(uri: &str) -> Request<Full<Bytes>> {
+    Request::post(uri)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(Full::new(grpc::encode_message(b"{}")))
@@ -171,4 +175,17 @@ async fn grpc_calls_get_a_framed_reply_and_status_trailers() {
     let trailers = trailers.unwrap();
     assert_eq!(trailers["grpc-status"], "14");
     assert!(trailers["grpc-message"].to_str().unwrap().contains("503"));
+}
+
+#[tokio::test]
+async fn a_grpc_call_can_ask_for_its_status() {
+    let call = grpc_call_to("/testapp.TestApp/Echo?grpc_status=5");
+    let (status, _, body, trailers) = read(responder(0.0, 0).respond(call, peer()).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.is_empty());
+    assert_eq!(trailers.unwrap()["grpc-status"], "5");
+
+    let refused = grpc_call_to("/testapp.TestApp/Echo?grpc_status=99");
+    let response = responder(0.0, 0).respond(refused, peer()).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
