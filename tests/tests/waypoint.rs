@@ -1,7 +1,8 @@
 //! End to end through a waypoint in a lab: the controller deploys the waypoint for a Gateway,
 //! the lab gives its pod a token, the ztunnels send a bound service's traffic to it, and its
-//! routes, retries, timeouts, faults and L7 policy apply; the endpoints' ztunnels refuse
-//! traffic that did not come through it.
+//! routes, retries, timeouts, faults and L7 policy apply, WebSocket-style upgrades and gRPC
+//! statuses pass and are counted; the endpoints' ztunnels refuse traffic that did not come
+//! through it.
 //!
 //! One lab serves every check (bringing a lab up is the slow part); each check is its own
 //! function and bounds its waits.
@@ -10,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Lab, text};
+use common::{Lab, bin_dir, text};
 use serde_json::Value;
 
 const NS: &str = "shop";
@@ -193,7 +194,7 @@ fn a_waypoint_routes_retries_times_out_faults_and_authorizes_and_cannot_be_bypas
         |v2| v2 == 5,
     );
 
-    let checks: [Check; 12] = [
+    let checks: [Check; 14] = [
         (
             "meshctl waypoint",
             meshctl_lists_the_waypoint_and_what_it_serves,
@@ -205,6 +206,11 @@ fn a_waypoint_routes_retries_times_out_faults_and_authorizes_and_cannot_be_bypas
         ),
         ("header match", testers_reach_only_v2),
         ("gRPC balancing", grpc_calls_are_balanced_per_request),
+        ("gRPC status", grpc_status_from_the_trailers_is_counted),
+        (
+            "upgrade",
+            an_upgrade_switches_echoes_and_closes_and_is_counted,
+        ),
         ("request timeout", request_timeout_answers_504_in_time),
         ("retries", retries_hide_a_backend_failing_30_percent),
         ("L7 deny", l7_deny_forbids_admin_and_lets_the_rest_pass),
@@ -272,28 +278,50 @@ fn weighted_split_lands_within_three_points(lab: &Lab) {
     );
 }
 
-/// Readiness and metrics, read inside the waypoint's pod (they listen in its namespace).
-fn the_waypoint_is_ready_and_counts_its_requests(lab: &Lab) {
-    let get = |port: u16, path: &str| {
-        let script = format!(
-            "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
-        );
-        text(&lab.exec("shop/waypoint-0", &["bash", "-c", &script]))
-    };
-    let ready = get(15021, "/healthz/ready");
-    assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
-    let metrics = get(15020, "/metrics");
-    let answered: f64 = metrics
+/// GETs a path from one of the waypoint's operator endpoints, inside its pod (they listen in
+/// its namespace).
+fn waypoint_get(lab: &Lab, port: u16, path: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    text(&lab.exec("shop/waypoint-0", &["bash", "-c", &script]))
+}
+
+/// The sum of the waypoint's `istio_requests_total` samples whose labels contain every one of
+/// `labels` (`name="value"`), and all of its `istio_requests_total` samples (for failure
+/// messages).
+fn waypoint_requests(lab: &Lab, labels: &[&str]) -> (f64, String) {
+    let metrics = waypoint_get(lab, 15020, "/metrics");
+    let samples: Vec<&str> = metrics
         .lines()
-        .filter(|l| {
-            l.starts_with("istio_requests_total{reporter=\"waypoint\"")
-                && l.contains("response_code=\"200\"")
-        })
+        .filter(|l| l.starts_with("istio_requests_total{reporter=\"waypoint\""))
+        .collect();
+    let total = samples
+        .iter()
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
+    (total, samples.join("\n"))
+}
+
+/// Polls until the waypoint has counted at least `expected` requests with `labels` (a
+/// request is counted when its response, or its upgraded connection, ends).
+fn wait_for_waypoint_requests(lab: &Lab, what: &str, labels: &[&str], expected: f64) {
+    lab.wait_until(what, Duration::from_secs(10), || {
+        let (now, samples) = waypoint_requests(lab, labels);
+        (now >= expected)
+            .then_some(())
+            .ok_or_else(|| format!("{labels:?}: {now}, expected {expected}\n{samples}"))
+    });
+}
+
+fn the_waypoint_is_ready_and_counts_its_requests(lab: &Lab) {
+    let ready = waypoint_get(lab, 15021, "/healthz/ready");
+    assert!(ready.starts_with("HTTP/1.0 200"), "{ready}");
+    let (answered, samples) = waypoint_requests(lab, &["response_code=\"200\""]);
     assert!(
         answered >= 2000.0,
-        "the 2,000 requests of the split are not counted:\n{metrics}"
+        "the 2,000 requests of the split are not counted:\n{samples}"
     );
 }
 
@@ -324,6 +352,105 @@ fn grpc_calls_are_balanced_per_request(lab: &Lab) {
             "{pod} got less than a quarter of the calls: {summary}"
         );
     }
+}
+
+/// A gRPC call that ends with NOT_FOUND (5) in its trailers, over HTTP 200, is counted with
+/// `grpc_response_status="5"` (the HTTP status alone would map to 0); plain HTTP requests are
+/// counted with the label empty.
+fn grpc_status_from_the_trailers_is_counted(lab: &Lab) {
+    let grpc = [
+        "destination_service_name=\"reviews-v1\"",
+        "request_protocol=\"grpc\"",
+        "response_code=\"200\"",
+        "grpc_response_status=\"5\"",
+    ];
+    let http = [
+        "destination_service_name=\"reviews-v1\"",
+        "request_protocol=\"http\"",
+        "response_code=\"200\"",
+        "grpc_response_status=\"\"",
+    ];
+    let (grpc_before, _) = waypoint_requests(lab, &grpc);
+    let (http_before, _) = waypoint_requests(lab, &http);
+    let calls = lab.http_load(
+        CLIENT,
+        "http://reviews-v1/testapp.TestApp/Echo?grpc_status=5",
+        &["--grpc", "--count", "3"],
+    );
+    assert_eq!(count(&calls, "grpc_status", "5"), 3, "{calls}");
+    assert_eq!(count(&calls, "status", "200"), 3, "{calls}");
+    let plain = lab.http_load(CLIENT, "http://reviews-v1/", &["--count", "3"]);
+    assert_eq!(plain["ok"], 3, "{plain}");
+    wait_for_waypoint_requests(
+        lab,
+        "the gRPC calls to be counted",
+        &grpc,
+        grpc_before + 3.0,
+    );
+    wait_for_waypoint_requests(
+        lab,
+        "the HTTP requests to be counted",
+        &http,
+        http_before + 3.0,
+    );
+    let (_, samples) = waypoint_requests(lab, &[]);
+    let labelled_http: Vec<&str> = samples
+        .lines()
+        .filter(|l| l.contains("request_protocol=\"http\""))
+        .filter(|l| !l.contains("grpc_response_status=\"\""))
+        .collect();
+    assert!(
+        labelled_http.is_empty(),
+        "plain HTTP with a gRPC status: {labelled_http:?}"
+    );
+}
+
+/// A WebSocket-style upgrade from the client pod to `reviews-v1` (client -> ztunnel ->
+/// waypoint -> ztunnel -> pod): the 101 comes back, a marker is echoed on the upgraded
+/// connection, the client's half-close comes back as the server's, and the waypoint counts
+/// the connection with `response_code="101"` once it has closed.
+fn an_upgrade_switches_echoes_and_closes_and_is_counted(lab: &Lab) {
+    let upgraded = [
+        "destination_service_name=\"reviews-v1\"",
+        "response_code=\"101\"",
+    ];
+    let (before, _) = waypoint_requests(lab, &upgraded);
+    let testapp = bin_dir().join("testapp").display().to_string();
+    let marker = common::marker("upgrade");
+    let out = lab.exec(
+        CLIENT,
+        &[
+            &testapp,
+            "upgrade",
+            "http://reviews-v1/chat",
+            "--message",
+            &marker,
+            "--timeout-ms",
+            "5000",
+        ],
+    );
+    let report: Value = text(&out)
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("testapp upgrade printed no report: {}", text(&out)));
+    let log = || waypoint_log(lab);
+    assert!(
+        out.status.success() && report["ok"] == true,
+        "{report}\n{}",
+        log()
+    );
+    assert_eq!(report["status"], 101, "{report}");
+    assert_eq!(report["echoed_bytes"], marker.len(), "{report}");
+    assert_eq!(report["closed"], true, "{report}");
+    let pod = report["pod"].as_str().unwrap_or_default();
+    assert!(pod.starts_with("reviews-v1-"), "{report}");
+    wait_for_waypoint_requests(
+        lab,
+        "the upgraded connection to be counted",
+        &upgraded,
+        before + 1.0,
+    );
 }
 
 fn request_timeout_answers_504_in_time(lab: &Lab) {
