@@ -10,13 +10,14 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{info, warn};
 
+use super::ProxyContext;
+use super::admission::{UNKNOWN_TARGET, admit};
 use super::metrics::{ConnectionGuard, Peers, Reporter};
 use super::pods::PodCapture;
 use super::tracker::{Revocable, TrackedConnection};
-use super::{ProxyContext, bypass};
 use crate::hbone::{ConnectDecision, ConnectHandler, ConnectRequest, Rejection};
 use crate::inpod::{PROXY_MARK, connect};
-use crate::rbac::{self, Connection};
+use crate::rbac::Connection;
 
 const DIRECTION: &str = "inbound";
 
@@ -48,36 +49,35 @@ impl ConnectHandler for InboundHandler {
             );
         }
         let snapshot = self.ctx.snapshot();
-        let Some(workload) = snapshot.workload_by_uid(self.pod.uid.as_str()) else {
-            return self.refuse(
-                "unknown_target",
-                Rejection::Unavailable("the workload is not known".into()),
-            );
-        };
-        if self.ctx.settings.bypass_protection
-            && let Err(bypass) = bypass::check(&snapshot, &workload, Some(&request.peer_identity))
-        {
-            info!(src.addr = %request.peer_addr, dst.addr = %target, reason = %bypass, "connection refused: it bypassed the waypoint");
-            return self.refuse(
-                bypass::BYPASS_REASON,
-                Rejection::Denied(bypass.to_string().into()),
-            );
-        }
         let connection = Connection {
             src_identity: Some(request.peer_identity.clone()),
             src_ip: request.peer_addr.ip(),
             dst_ip: target.ip(),
             dst_port: target.port(),
         };
-        let decision = rbac::evaluate(snapshot.policies_for(&workload), &connection);
-        for dry in decision.dry_run_changes() {
-            info!(policy = %dry.policy, would = %dry.would, src.identity = %request.peer_identity, "dry-run policy would change the decision");
-        }
-        if !decision.allowed {
-            let reason = decision.reason.to_string();
-            info!(src.identity = %request.peer_identity, src.addr = %request.peer_addr, dst.addr = %target, reason, "connection denied by policy");
-            return self.refuse("policy_denied", Rejection::Denied(reason.into()));
-        }
+        let bypass_protection = self.ctx.settings.bypass_protection;
+        let workload = match admit(
+            &snapshot,
+            self.pod.uid.as_str(),
+            &connection,
+            bypass_protection,
+        ) {
+            Ok(admitted) => {
+                for dry in admitted.decision.dry_run_changes() {
+                    info!(policy = %dry.policy, would = %dry.would, src.identity = %request.peer_identity, "dry-run policy would change the decision");
+                }
+                admitted.workload
+            }
+            Err(refusal) => {
+                info!(src.identity = %request.peer_identity, src.addr = %request.peer_addr, dst.addr = %target, reason = %refusal.detail, "connection {}", refusal.summary());
+                let rejection = if refusal.reason == UNKNOWN_TARGET {
+                    Rejection::Unavailable(refusal.detail.into())
+                } else {
+                    Rejection::Denied(refusal.detail.into())
+                };
+                return self.refuse(refusal.reason, rejection);
+            }
+        };
         let tracked = self
             .ctx
             .tracker

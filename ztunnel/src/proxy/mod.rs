@@ -8,11 +8,14 @@
 //! - [`inbound`]: HBONE tunnels to the pod (port 15008): identity, policy, then the app.
 //! - [`plaintext`]: plaintext connections to the pod from outside the mesh (port 15006),
 //!   subject to policy without an identity.
+//! - [`admission`]: whether an inbound connection may reach its pod, at arrival and after a
+//!   discovery change.
 //! - [`bypass`]: a workload a waypoint serves accepts connections from that waypoint only.
 //! - [`tracker`]: open inbound connections, re-evaluated when discovery changes (policy,
 //!   waypoint bindings).
 //! - [`metrics`]: Istio's TCP metrics and one access-log line per connection.
 
+pub mod admission;
 pub mod bypass;
 pub mod inbound;
 pub mod metrics;

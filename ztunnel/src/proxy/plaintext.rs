@@ -10,13 +10,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::admission::admit;
 use super::inbound::AppConnection;
 use super::metrics::{ConnectionGuard, Peers, Reporter};
 use super::pods::PodCapture;
 use super::tracker::Revocable;
-use super::{ProxyContext, bypass, copy_both};
+use super::{ProxyContext, copy_both};
 use crate::inpod::{PROXY_MARK, connect, original_destination};
-use crate::rbac::{self, Connection};
+use crate::rbac::Connection;
 
 const DIRECTION: &str = "inbound_plaintext";
 
@@ -49,29 +50,26 @@ async fn handle(
         }
     };
     let snapshot = ctx.snapshot();
-    let Some(workload) = snapshot.workload_by_uid(pod.uid.as_str()) else {
-        ctx.metrics.failure(DIRECTION, "unknown_target");
-        return reset(downstream);
-    };
-    if ctx.settings.bypass_protection
-        && let Err(bypass) = bypass::check(&snapshot, &workload, None)
-    {
-        ctx.metrics.failure(DIRECTION, bypass::BYPASS_REASON);
-        info!(src.addr = %peer, dst.addr = %dst, reason = %bypass, "plaintext connection bypassed the waypoint; reset");
-        return reset(downstream);
-    }
     let connection = Connection {
         src_identity: None,
         src_ip: peer.ip(),
         dst_ip: dst.ip(),
         dst_port: dst.port(),
     };
-    let decision = rbac::evaluate(snapshot.policies_for(&workload), &connection);
-    if !decision.allowed {
-        ctx.metrics.failure(DIRECTION, "policy_denied");
-        info!(src.addr = %peer, dst.addr = %dst, reason = %decision.reason, "plaintext connection denied by policy; reset");
-        return reset(downstream);
-    }
+    let bypass_protection = ctx.settings.bypass_protection;
+    let workload = match admit(&snapshot, pod.uid.as_str(), &connection, bypass_protection) {
+        Ok(admitted) => {
+            for dry in admitted.decision.dry_run_changes() {
+                info!(policy = %dry.policy, would = %dry.would, src.addr = %peer, "dry-run policy would change the decision");
+            }
+            admitted.workload
+        }
+        Err(refusal) => {
+            ctx.metrics.failure(DIRECTION, refusal.reason);
+            info!(src.addr = %peer, dst.addr = %dst, reason = %refusal.detail, "plaintext connection {}; reset", refusal.summary());
+            return reset(downstream);
+        }
+    };
     let tracked = ctx
         .tracker
         .track(pod.uid.clone(), connection, &pod.released);

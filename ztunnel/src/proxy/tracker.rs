@@ -17,9 +17,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::info;
 
+use super::admission::{Refusal, admit};
 use super::bypass;
 use crate::inpod::PodUid;
-use crate::rbac::{self, Connection};
+use crate::rbac::Connection;
 use crate::state::DiscoverySnapshot;
 
 /// The failure direction of tunnelled (HBONE) inbound connections.
@@ -34,29 +35,6 @@ pub struct Revoked {
     pub direction: &'static str,
     /// `bypassed_waypoint`, `policy_denied` or `unknown_target`.
     pub reason: &'static str,
-}
-
-/// Whether `snapshot` would admit the tracked connection now, in the order the inbound
-/// handlers check: the destination workload, bypass protection, policy.
-fn admits(
-    snapshot: &DiscoverySnapshot,
-    tracked: &Tracked,
-    bypass_protection: bool,
-) -> Result<(), (&'static str, String)> {
-    let Some(workload) = snapshot.workload_by_uid(tracked.pod.as_str()) else {
-        return Err(("unknown_target", "the destination workload is gone".into()));
-    };
-    let connection = &tracked.connection;
-    if bypass_protection {
-        bypass::check(snapshot, &workload, connection.src_identity.as_ref())
-            .map_err(|e| (bypass::BYPASS_REASON, e.to_string()))?;
-    }
-    let decision = rbac::evaluate(snapshot.policies_for(&workload), connection);
-    if decision.allowed {
-        Ok(())
-    } else {
-        Err(("policy_denied", decision.reason.to_string()))
-    }
 }
 
 struct Tracked {
@@ -127,7 +105,13 @@ impl ConnectionTracker {
             if tracked.cancel.is_cancelled() {
                 continue;
             }
-            let Err((reason, detail)) = admits(snapshot, tracked, bypass_protection) else {
+            let admitted = admit(
+                snapshot,
+                tracked.pod.as_str(),
+                &tracked.connection,
+                bypass_protection,
+            );
+            let Err(Refusal { reason, detail }) = admitted else {
                 continue;
             };
             let connection = &tracked.connection;

@@ -215,10 +215,10 @@ impl DiscoverySnapshot {
     /// The policies that apply to a workload: mesh-wide ones, those of its namespace, and
     /// the selector-scoped ones its record lists. A listed policy that has not arrived is
     /// skipped, as is a listed one whose scope is not a selector (it is already counted).
-    pub fn policies_for<'a>(
+    pub fn policies_for<'a, 'w>(
         &'a self,
-        workload: &'a WorkloadInfo,
-    ) -> impl Iterator<Item = &'a Authorization> + 'a {
+        workload: &'w WorkloadInfo,
+    ) -> impl Iterator<Item = &'a Authorization> + use<'a, 'w> {
         let namespace = self
             .namespace_policies
             .get(&workload.namespace)
