@@ -182,7 +182,8 @@ pub struct Redirect {
     pub hostname: Option<String>,
     /// `None` keeps the request's path.
     pub path: Option<PathModifier>,
-    /// `None` leaves the port out (the scheme's default).
+    /// `None` derives it: the scheme's well-known port when `scheme` changes it, else the
+    /// port the request arrived on (see `routing::redirect_location`).
     pub port: Option<u16>,
     /// 301, 302, 303, 307 or 308.
     pub status: StatusCode,

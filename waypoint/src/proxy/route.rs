@@ -128,6 +128,7 @@ fn redirect(
         redirect,
         request.uri().scheme_str().unwrap_or("http"),
         authority,
+        cx.destination.port,
         request.uri().path(),
         request.uri().query(),
         choice.matched_prefix.as_deref(),

@@ -30,11 +30,18 @@ pub fn rewrite_path(modifier: &PathModifier, path: &str, matched_prefix: Option<
     }
 }
 
-/// The `Location` of a redirect for a request to `authority` with `path` and `query`.
+/// The `Location` of a redirect for a request to `authority` with `path` and `query` that
+/// arrived on `listener_port` (the service port the client dialed).
+///
+/// The port follows the Gateway API: the redirect's own; else, when the redirect changes the
+/// scheme, the new scheme's well-known port; else the listener's, so that a redirect of the
+/// path alone sends the client back to the port it used. It is left out when it is the
+/// well-known port of the location's scheme.
 pub fn redirect_location(
     redirect: &Redirect,
     scheme: &str,
     authority: &str,
+    listener_port: u16,
     path: &str,
     query: Option<&str>,
     matched_prefix: Option<&str>,
@@ -49,7 +56,13 @@ pub fn redirect_location(
         Some(modifier) => rewrite_path(modifier, path, matched_prefix),
         None => path.to_string(),
     };
-    let mut location = match redirect.port {
+    let port = match (redirect.port, redirect.scheme) {
+        (Some(port), _) => Some(port),
+        (None, Some(_)) => None,
+        (None, None) => Some(listener_port),
+    }
+    .filter(|port| Some(*port) != well_known_port(scheme));
+    let mut location = match port {
         Some(port) => format!("{scheme}://{host}:{port}{path}"),
         None => format!("{scheme}://{host}{path}"),
     };
@@ -60,4 +73,12 @@ pub fn redirect_location(
     // Only a valid URI goes out; a host from the request could be anything.
     location.parse::<Uri>().ok()?;
     HeaderValue::try_from(location).ok()
+}
+
+fn well_known_port(scheme: &str) -> Option<u16> {
+    match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    }
 }

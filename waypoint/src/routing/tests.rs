@@ -102,6 +102,7 @@ fn redirect_locations() {
         &redirect,
         "http",
         "shop.example:8080",
+        8080,
         "/old",
         Some("a=1"),
         None,
@@ -116,8 +117,81 @@ fn redirect_locations() {
         status: StatusCode::MOVED_PERMANENTLY,
     };
     let location =
-        redirect_location(&keep, "http", "shop.example:8080", "/old", None, None).unwrap();
+        redirect_location(&keep, "http", "shop.example:8080", 8080, "/old", None, None).unwrap();
     assert_eq!(location, "https://shop.example/old");
+}
+
+/// Gateway API: without a port, a redirect that keeps the scheme keeps the listener's port
+/// (the service port the client dialed), one that changes it uses the new scheme's; a
+/// well-known port is never written out.
+#[test]
+fn redirect_ports_follow_the_gateway_api() {
+    let redirect = |scheme, hostname: Option<&str>, port| Redirect {
+        scheme,
+        hostname: hostname.map(str::to_string),
+        path: Some(PathModifier::Full("/here".into())),
+        port,
+        status: StatusCode::FOUND,
+    };
+    let cases = [
+        // (scheme, hostname, port), Host of the request, listener port, expected
+        ((None, None, None), "web:8080", 8080, "http://web:8080/here"),
+        ((None, None, None), "web", 8080, "http://web:8080/here"),
+        ((None, None, None), "web", 80, "http://web/here"),
+        (
+            (None, Some("new.example"), None),
+            "web:8080",
+            8080,
+            "http://new.example:8080/here",
+        ),
+        (
+            (Some("https"), None, None),
+            "web:8080",
+            8080,
+            "https://web/here",
+        ),
+        (
+            (Some("http"), None, None),
+            "web:8080",
+            8080,
+            "http://web/here",
+        ),
+        (
+            (Some("https"), None, Some(443)),
+            "web",
+            80,
+            "https://web/here",
+        ),
+        (
+            (Some("http"), None, Some(80)),
+            "web:8080",
+            8080,
+            "http://web/here",
+        ),
+        ((None, None, Some(80)), "web:8080", 8080, "http://web/here"),
+        (
+            (Some("https"), None, Some(80)),
+            "web",
+            80,
+            "https://web:80/here",
+        ),
+    ];
+    for ((scheme, hostname, port), authority, listener, expected) in cases {
+        let location = redirect_location(
+            &redirect(scheme, hostname, port),
+            "http",
+            authority,
+            listener,
+            "/old",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            location, expected,
+            "{scheme:?} {hostname:?} {port:?} from {authority} on {listener}"
+        );
+    }
 }
 
 #[test]
