@@ -5,7 +5,9 @@
 //! - `testapp serve`: an HTTP server (HTTP/1.1 and HTTP/2 prior knowledge on one port, gRPC
 //!   over the same port) that answers every request with who it is and what it saw, can be told
 //!   to fail or delay a share of requests (or, per request, answer a chosen status or gRPC
-//!   status), echoes raw bytes after an HTTP/1.1 Upgrade, plus a pure TCP echo.
+//!   status), echoes raw bytes after an HTTP/1.1 Upgrade, plus a pure TCP echo. With
+//!   `RUST_LOG=info,request=debug` it logs every request it answers (method, path, query,
+//!   host, status), so a test can see what reached it when the answer went to nobody.
 //! - `testapp get`: a bounded HTTP/gRPC client that prints one summary JSON line.
 //! - `testapp echo`: a TCP echo client, optionally holding the stream open.
 //! - `testapp upgrade`: an HTTP/1.1 Upgrade client that echoes a marker on the upgraded

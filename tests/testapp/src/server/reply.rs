@@ -31,6 +31,9 @@ pub const POD_HEADER: &str = "x-testapp-pod";
 /// The response header naming the version that answered, on every response.
 pub const VERSION_HEADER: &str = "x-testapp-version";
 
+/// The log target of the debug line written for every answered request.
+pub const REQUEST_LOG_TARGET: &str = "request";
+
 /// The body of every response from the server.
 pub type ReplyBody = BoxBody<Bytes, Infallible>;
 
@@ -140,6 +143,17 @@ impl Responder {
                 Err((status, message)) => self.error_response(status, &message),
             }
         };
+        // What reached a backend whose answers nobody reads (a mirror's copies) is known only
+        // here; tests turn this on for such a pod with `RUST_LOG=info,request=debug`.
+        tracing::debug!(
+            target: REQUEST_LOG_TARGET,
+            method = %reply.method,
+            path = %reply.path,
+            query = reply.query.as_deref().unwrap_or_default(),
+            host = %reply.host,
+            status = response.status().as_u16(),
+            "answered"
+        );
         self.stamp(response)
     }
 
