@@ -1,8 +1,8 @@
 //! End to end through a waypoint in a lab: the controller deploys the waypoint for a Gateway,
 //! the lab gives its pod a token, the ztunnels send a bound service's traffic to it, and its
-//! routes, retries, timeouts, faults and L7 policy apply, WebSocket-style upgrades and gRPC
-//! statuses pass and are counted; the endpoints' ztunnels refuse traffic that did not come
-//! through it.
+//! routes, redirects, rewrites, mirrors, retries, timeouts, faults and L7 policy apply,
+//! WebSocket-style upgrades and gRPC statuses pass and are counted; the endpoints' ztunnels
+//! refuse traffic that did not come through it.
 //!
 //! One lab serves every check (bringing a lab up is the slow part); each check is its own
 //! function and bounds its waits.
@@ -19,8 +19,10 @@ const CLIENT: &str = "shop/client";
 const OUTSIDER: &str = "shop/outsider";
 
 /// The application: `reviews` (two v1 pods and a v2 pod behind one Service, plus a Service
-/// per version), `flaky` (two replicas failing 30 % of requests); `reviews`, `reviews-v1` and
-/// `flaky` are bound to the waypoint. An enrolled client, and a client outside the mesh.
+/// per version), `flaky` (two replicas failing 30 % of requests), `web` (one pod, on ports 80
+/// and 8080) and `shadow` (one pod, the target of `web`'s mirror), both logging every request
+/// they answer; `reviews`, `reviews-v1`, `flaky` and `web` are bound to the waypoint. An
+/// enrolled client, and a client outside the mesh.
 fn app() -> String {
     let mut yaml = format!(
         r#"apiVersion: v1
@@ -28,25 +30,32 @@ kind: Namespace
 metadata: {{name: {NS}, labels: {{istio.io/dataplane-mode: ambient}}}}
 "#
     );
-    for (name, labels, replicas, flags) in [
+    // What `web` and `shadow` saw is read from their logs (`request_log`).
+    let logged = r#", env: [{name: RUST_LOG, value: "info,request=debug"}]"#;
+    for (name, labels, replicas, flags, env) in [
         (
             "reviews-v1",
             "{app: reviews, version: v1}",
             2,
             "--version, v1",
+            "",
         ),
         (
             "reviews-v2",
             "{app: reviews, version: v2}",
             1,
             "--version, v2",
+            "",
         ),
         (
             "flaky",
             "{app: flaky}",
             2,
             "--version, flaky, --fail-rate, \"0.3\"",
+            "",
         ),
+        ("web", "{app: web}", 1, "--version, web", logged),
+        ("shadow", "{app: shadow}", 1, "--version, shadow", logged),
     ] {
         yaml.push_str(&format!(
             r#"---
@@ -60,15 +69,20 @@ spec:
     metadata: {{labels: {labels}}}
     spec:
       serviceAccountName: {name}
-      containers: [{{name: app, command: [testapp, serve, --http, "8080", {flags}]}}]
+      containers: [{{name: app, command: [testapp, serve, --http, "8080", {flags}]{env}}}]
 "#
         ));
     }
-    for (name, selector, bound) in [
-        ("reviews", "{app: reviews}", true),
-        ("reviews-v1", "{app: reviews, version: v1}", true),
-        ("reviews-v2", "{app: reviews, version: v2}", false),
-        ("flaky", "{app: flaky}", true),
+    let http = "{name: http, port: 80, targetPort: 8080}";
+    let both =
+        "{name: http, port: 80, targetPort: 8080}, {name: http-alt, port: 8080, targetPort: 8080}";
+    for (name, selector, bound, ports) in [
+        ("reviews", "{app: reviews}", true, http),
+        ("reviews-v1", "{app: reviews, version: v1}", true, http),
+        ("reviews-v2", "{app: reviews, version: v2}", false, http),
+        ("flaky", "{app: flaky}", true, http),
+        ("web", "{app: web}", true, both),
+        ("shadow", "{app: shadow}", false, http),
     ] {
         let labels = if bound {
             "{istio.io/use-waypoint: waypoint}"
@@ -82,7 +96,7 @@ kind: Service
 metadata: {{name: {name}, namespace: {NS}, labels: {labels}}}
 spec:
   selector: {selector}
-  ports: [{{name: http, port: 80, targetPort: 8080}}]
+  ports: [{ports}]
 "#
         ));
     }
@@ -114,7 +128,51 @@ spec:
     retry: {{attempts: 3, codes: [503], backoff: 1ms}}
 "#
     ));
+    yaml.push_str(&web_route());
     yaml
+}
+
+/// The route of `web`, on both its ports: `/mirrored` copied to `shadow`; `/old` redirected
+/// with every field set, `/moved` with only the path; `/api/v1` rewritten to `/v2` on another
+/// host, `/legacy` to `/current`; the rest to `web` unchanged.
+fn web_route() -> String {
+    format!(
+        r#"---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web, namespace: {NS}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: web}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /mirrored}}}}]
+    filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow, port: 80}}}}}}]
+    backendRefs: [{{name: web, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        scheme: https
+        hostname: shop.example
+        port: 8443
+        path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+        statusCode: 301
+  - matches: [{{path: {{type: PathPrefix, value: /moved}}}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /here}}}}
+  - matches: [{{path: {{type: PathPrefix, value: /api/v1}}}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        hostname: api.internal
+        path: {{type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+    backendRefs: [{{name: web, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /legacy}}}}]
+    filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplaceFullPath, replaceFullPath: /current}}}}}}]
+    backendRefs: [{{name: web, port: 80}}]
+  - backendRefs: [{{name: web, port: 80}}]
+"#
+    )
 }
 
 /// The route of `reviews`: testers to v2, `/slow` to v1 within 500 ms, the rest split by
@@ -183,6 +241,8 @@ fn a_waypoint_routes_retries_times_out_faults_and_authorizes_and_cannot_be_bypas
         "shop/reviews-v2-0",
         "shop/flaky-0",
         "shop/flaky-1",
+        "shop/web-0",
+        "shop/shadow-0",
         CLIENT,
         OUTSIDER,
     ]);
@@ -194,7 +254,7 @@ fn a_waypoint_routes_retries_times_out_faults_and_authorizes_and_cannot_be_bypas
         |v2| v2 == 5,
     );
 
-    let checks: [Check; 14] = [
+    let checks: [Check; 17] = [
         (
             "meshctl waypoint",
             meshctl_lists_the_waypoint_and_what_it_serves,
@@ -210,6 +270,18 @@ fn a_waypoint_routes_retries_times_out_faults_and_authorizes_and_cannot_be_bypas
         (
             "upgrade",
             an_upgrade_switches_echoes_and_closes_and_is_counted,
+        ),
+        (
+            "redirect",
+            redirects_answer_with_the_location_and_reach_no_backend,
+        ),
+        (
+            "rewrite",
+            rewrites_reach_the_backend_with_the_new_path_and_host,
+        ),
+        (
+            "mirror",
+            mirrors_copy_every_request_and_only_the_primary_answers,
         ),
         ("request timeout", request_timeout_answers_504_in_time),
         ("retries", retries_hide_a_backend_failing_30_percent),
@@ -450,6 +522,218 @@ fn an_upgrade_switches_echoes_and_closes_and_is_counted(lab: &Lab) {
         "the upgraded connection to be counted",
         &upgraded,
         before + 1.0,
+    );
+}
+
+/// An HTTP/1.1 response as the client pod received it.
+struct Exchange {
+    status: u16,
+    /// Header names in lower case, values as sent.
+    headers: Vec<(String, String)>,
+    body: String,
+    /// The whole response, for failure messages.
+    raw: String,
+}
+
+impl Exchange {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The reply of the testapp that answered: what it saw of the request.
+    fn reply(&self) -> Value {
+        self.body
+            .lines()
+            .find_map(|line| serde_json::from_str(line).ok())
+            .unwrap_or_else(|| panic!("no reply in the response:\n{}", self.raw))
+    }
+}
+
+/// One `GET path` from the client pod to `host:port`, written and read as raw HTTP/1.1 so that
+/// nothing is followed or hidden (a redirect's `Location`, say). `Err` when no response came.
+fn exchange(lab: &Lab, host: &str, port: u16, path: &str) -> Result<Exchange, String> {
+    let authority = match port {
+        80 => host.to_string(),
+        _ => format!("{host}:{port}"),
+    };
+    let script = r#"exec 3<>/dev/tcp/$1/$2 &&
+        printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$3" "$4" >&3 &&
+        timeout 10 cat <&3"#;
+    let port_text = port.to_string();
+    let out = lab.exec(
+        CLIENT,
+        &[
+            "bash", "-c", script, "exchange", host, &port_text, path, &authority,
+        ],
+    );
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
+        return Err(format!(
+            "no HTTP response from {authority}{path}: {}",
+            text(&out)
+        ));
+    };
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1)?.parse().ok())
+        .ok_or_else(|| format!("no status line:\n{raw}"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let body = body.to_string();
+    Ok(Exchange {
+        status,
+        headers,
+        body,
+        raw,
+    })
+}
+
+fn must_exchange(lab: &Lab, host: &str, port: u16, path: &str) -> Exchange {
+    exchange(lab, host, port, path).unwrap_or_else(|e| panic!("{e}\n{}", waypoint_log(lab)))
+}
+
+/// The lines of a pod's request log (`web` and `shadow` log every request they answer)
+/// whose path is `path`.
+fn requests_logged(lab: &Lab, pod: &str, path: &str) -> Vec<String> {
+    let needle = format!(" path={path} ");
+    text(&lab.lab(&["logs", pod]))
+        .lines()
+        .filter(|line| line.contains(" answered ") && line.contains(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Polls until `web`'s route is in force (its path-only redirect answers), so that the checks
+/// that use it count exactly.
+fn wait_for_web_route(lab: &Lab) {
+    lab.wait_until("web's route to apply", Duration::from_secs(30), || {
+        let answer = exchange(lab, "web", 80, "/moved")?;
+        (answer.status == 302)
+            .then_some(())
+            .ok_or_else(|| format!("{}\n{}", answer.raw, waypoint_log(lab)))
+    });
+}
+
+/// The waypoint answers redirects itself: every field set gives the configured status and a
+/// `Location` with the new scheme, host, port and prefix, the query kept; a path alone keeps
+/// the request's host and the port the client used (the service port, Gateway API's listener
+/// port), with 302. No backend sees a redirected request.
+fn redirects_answer_with_the_location_and_reach_no_backend(lab: &Lab) {
+    wait_for_web_route(lab);
+    let marker = common::marker("redirect");
+    let moved = must_exchange(lab, "web", 80, &format!("/old/{marker}?page=2"));
+    assert_eq!(moved.status, 301, "{}", moved.raw);
+    let expected = format!("https://shop.example:8443/new/{marker}?page=2");
+    assert_eq!(
+        moved.header("location"),
+        Some(expected.as_str()),
+        "{}",
+        moved.raw
+    );
+    for (port, expected) in [(80, "http://web/here"), (8080, "http://web:8080/here")] {
+        let found = must_exchange(lab, "web", port, &format!("/moved/{marker}"));
+        assert_eq!(found.status, 302, "port {port}: {}", found.raw);
+        assert_eq!(
+            found.header("location"),
+            Some(expected),
+            "port {port}: {}",
+            found.raw
+        );
+    }
+    // A request that reaches `web` after the redirects: once it is logged, so would they be.
+    let after = format!("/after/{marker}");
+    let answer = must_exchange(lab, "web", 80, &after);
+    assert_eq!(answer.status, 200, "{}", answer.raw);
+    lab.wait_until(
+        "web to log the request sent after the redirects",
+        Duration::from_secs(10),
+        || {
+            let logged = requests_logged(lab, "shop/web-0", &after);
+            (logged.len() == 1)
+                .then_some(())
+                .ok_or_else(|| format!("{logged:?}"))
+        },
+    );
+    let log = text(&lab.lab(&["logs", "shop/web-0"]));
+    let reached: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(&marker) && !line.contains(&after))
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "redirected requests reached the backend: {reached:#?}"
+    );
+}
+
+/// Rewrites change what the backend sees: `/api/v1/<m>?q=1` arrives as `/v2/<m>?q=1` for host
+/// `api.internal`; `/legacy/<m>` as `/current` with the client's host; `/api/v10/<m>` is not
+/// under the prefix `/api/v1` (prefixes match whole segments) and arrives unchanged.
+fn rewrites_reach_the_backend_with_the_new_path_and_host(lab: &Lab) {
+    wait_for_web_route(lab);
+    let marker = common::marker("rewrite");
+    let seen = |port, path: &str| {
+        let answer = must_exchange(lab, "web", port, path);
+        assert_eq!(answer.status, 200, "{path}: {}", answer.raw);
+        let reply = answer.reply();
+        assert_eq!(reply["version"], "web", "{path}: {reply}");
+        reply
+    };
+    let prefixed = seen(80, &format!("/api/v1/{marker}?q=1"));
+    assert_eq!(prefixed["path"], format!("/v2/{marker}"), "{prefixed}");
+    assert_eq!(prefixed["query"], "q=1", "{prefixed}");
+    assert_eq!(prefixed["host"], "api.internal", "{prefixed}");
+    let full = seen(8080, &format!("/legacy/{marker}"));
+    assert_eq!(full["path"], "/current", "{full}");
+    assert_eq!(full["host"], "web:8080", "{full}");
+    let elsewhere = seen(80, &format!("/api/v10/{marker}"));
+    assert_eq!(
+        elsewhere["path"],
+        format!("/api/v10/{marker}"),
+        "{elsewhere}"
+    );
+    assert_eq!(elsewhere["host"], "web", "{elsewhere}");
+}
+
+/// Every request to `/mirrored` reaches `web` and a copy of it `shadow`, marked with
+/// `Host: web-shadow` as Envoy marks copies; the client gets `web`'s answers only.
+fn mirrors_copy_every_request_and_only_the_primary_answers(lab: &Lab) {
+    const COUNT: usize = 20;
+    wait_for_web_route(lab);
+    let path = format!("/mirrored/{}", common::marker("mirror"));
+    let summary = lab.http_load(
+        CLIENT,
+        &format!("http://web{path}"),
+        &["--count", &COUNT.to_string(), "--concurrency", "4"],
+    );
+    assert_eq!(summary["ok"], COUNT, "{summary}");
+    assert_eq!(
+        count(&summary, "by_version", "web"),
+        COUNT as u64,
+        "an answer came from elsewhere than web: {summary}"
+    );
+    lab.wait_until("shadow to log every copy", Duration::from_secs(10), || {
+        let copies = requests_logged(lab, "shop/shadow-0", &path).len();
+        (copies >= COUNT)
+            .then_some(())
+            .ok_or_else(|| format!("{copies} of {COUNT} copies\n{}", waypoint_log(lab)))
+    });
+    let copies = requests_logged(lab, "shop/shadow-0", &path);
+    assert_eq!(copies.len(), COUNT, "{copies:#?}");
+    assert!(
+        copies.iter().all(|line| line.contains(" host=web-shadow ")),
+        "{copies:#?}"
+    );
+    let originals = requests_logged(lab, "shop/web-0", &path);
+    assert_eq!(originals.len(), COUNT, "{originals:#?}");
+    assert!(
+        originals.iter().all(|line| line.contains(" host=web ")),
+        "{originals:#?}"
     );
 }
 
