@@ -37,7 +37,7 @@ use crate::admin::{self, AdminState, Endpoints};
 use crate::balance::{Balancer, BalancerMetrics, OutlierSettings};
 use crate::config::{ConfigSnapshot, ConfigStore, WaypointName, WaypointResources};
 use crate::inbound::{Inbound, InboundMetrics, InboundParts, InboundSettings, WaypointBinding};
-use crate::proxy::build;
+use crate::proxy::{UpgradeSettings, build};
 use crate::telemetry::RequestMetrics;
 use crate::upstream::{ClientSettings, HboneConnector, HttpClient};
 
@@ -80,8 +80,11 @@ pub struct WaypointConfig {
     pub cert_validity: Duration,
     /// Data-path worker threads.
     pub worker_threads: usize,
-    /// How long open tunnels may run on after SIGTERM.
+    /// How long open tunnels and upgraded connections may run on after SIGTERM.
     pub drain_deadline: Duration,
+    /// How long an upgraded (WebSocket) connection may carry no byte before it is closed;
+    /// zero: never.
+    pub upgrade_idle_timeout: Duration,
 }
 
 impl WaypointConfig {
@@ -166,12 +169,17 @@ pub fn run(config: WaypointConfig, set_log_level: LogLevelSetter) -> anyhow::Res
     let binding = config.binding();
     let server = {
         let _data = data.enter();
+        let upgrades = UpgradeSettings {
+            idle_timeout: config.upgrade_idle_timeout,
+            drain_deadline: config.drain_deadline,
+            drain: shutdown.clone(),
+        };
         let inbound = inbound(
             &plane,
             &credentials.trust,
             &identity,
             binding.clone(),
-            shutdown.clone(),
+            upgrades,
             &mut registry,
         );
         HboneServer::new(
@@ -299,13 +307,14 @@ fn certificates(
 }
 
 /// The inbound handler: the layer stack over HBONE to endpoints, presenting the waypoint's
-/// current certificate on every dial.
+/// current certificate on every dial. HTTP connections and upgraded ones drain on the
+/// signal in `upgrades`.
 fn inbound(
     plane: &ControlPlane,
     trust: &TrustBundle,
     identity: &SpiffeId,
     binding: WaypointBinding,
-    drain: watch::Receiver<bool>,
+    upgrades: UpgradeSettings,
     registry: &mut Registry,
 ) -> Inbound<HboneConnector> {
     let hbone = HboneClient::new(HboneSettings::default(), ClientMetrics::new(registry));
@@ -321,11 +330,12 @@ fn inbound(
         BalancerMetrics::new(registry),
     ));
     let metrics = RequestMetrics::new(registry);
+    let drain = upgrades.drain.clone();
     Inbound::new(InboundParts {
         binding,
         discovery: plane.discovery.clone(),
         config: plane.routes.clone(),
-        stack: build(client.clone(), balancer.clone(), metrics),
+        stack: build(client.clone(), balancer.clone(), metrics).with_upgrades(upgrades),
         client,
         balancer,
         metrics: InboundMetrics::new(registry),
@@ -383,6 +393,7 @@ mod tests {
             cert_validity: Duration::from_secs(3600),
             worker_threads: 1,
             drain_deadline: Duration::from_secs(1),
+            upgrade_idle_timeout: Duration::from_secs(60),
         }
     }
 

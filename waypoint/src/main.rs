@@ -72,9 +72,13 @@ struct Args {
     /// Data-path worker threads.
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
-    /// Seconds open tunnels may run on after SIGTERM.
+    /// Seconds open tunnels and upgraded connections may run on after SIGTERM.
     #[arg(long, default_value_t = ztunnel::proxy::DRAIN_DEADLINE.as_secs())]
     drain_deadline_secs: u64,
+    /// Seconds an upgraded (WebSocket) connection may carry no byte either way before both
+    /// sides are closed; 0 turns the timeout off.
+    #[arg(long, default_value_t = waypoint::proxy::UPGRADE_IDLE_TIMEOUT.as_secs())]
+    upgrade_idle_timeout_secs: u64,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -103,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         cert_validity: Duration::from_secs(args.cert_validity_secs),
         worker_threads: args.worker_threads,
         drain_deadline: Duration::from_secs(args.drain_deadline_secs),
+        upgrade_idle_timeout: Duration::from_secs(args.upgrade_idle_timeout_secs),
     };
     run(config, set_level)
 }

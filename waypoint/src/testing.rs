@@ -28,7 +28,7 @@ use crate::balance::{Balancer, BalancerMetrics, OutlierSettings};
 use crate::body::{self, Body};
 use crate::config::{ConfigStore, WaypointName};
 use crate::inbound::{Inbound, InboundMetrics, InboundParts, InboundSettings, WaypointBinding};
-use crate::proxy::{Destination, Peer, RequestContext, Stack, build};
+use crate::proxy::{Destination, Peer, RequestContext, Stack, UpgradeSettings, build};
 use crate::telemetry::RequestMetrics;
 use crate::upstream::{ClientSettings, HttpClient, HttpVersion, TcpConnector};
 
@@ -356,17 +356,32 @@ impl TestProxy {
         text
     }
 
-    /// The waypoint's inbound handler over this proxy's stack.
+    /// The waypoint's inbound handler over this proxy's stack; upgraded connections drain
+    /// with the HTTP ones, with the default timeouts.
     pub(crate) fn inbound(
         &self,
         drain: watch::Receiver<bool>,
     ) -> (Inbound<TcpConnector>, InboundMetrics) {
+        let upgrades = UpgradeSettings {
+            drain,
+            ..UpgradeSettings::default()
+        };
+        self.inbound_with(upgrades)
+    }
+
+    /// The waypoint's inbound handler over this proxy's stack, draining on `upgrades.drain`.
+    pub(crate) fn inbound_with(
+        &self,
+        upgrades: UpgradeSettings,
+    ) -> (Inbound<TcpConnector>, InboundMetrics) {
         let metrics = InboundMetrics::new(&mut Registry::default());
+        let drain = upgrades.drain.clone();
         let stack = build(
             self.client.clone(),
             self.balancer.clone(),
             self.metrics.clone(),
-        );
+        )
+        .with_upgrades(upgrades);
         let inbound = Inbound::new(InboundParts {
             binding: WaypointBinding {
                 service: Some((NS.into(), WAYPOINT_HOST.into())),

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::body;
+use crate::proxy::{UPGRADE_IDLE_TIMEOUT, UpgradeSettings};
 use crate::testing::*;
 
 const FRONT_VIP: [u8; 4] = [10, 96, 0, 1];
@@ -141,8 +142,24 @@ async fn client(
     hyper::client::conn::http1::SendRequest<body::Body>,
     watch::Sender<bool>,
 ) {
+    client_with(proxy, UPGRADE_IDLE_TIMEOUT, Duration::from_secs(20)).await
+}
+
+/// [`client`], with upgraded connections' idle timeout and drain deadline.
+async fn client_with(
+    proxy: &TestProxy,
+    idle_timeout: Duration,
+    drain_deadline: Duration,
+) -> (
+    hyper::client::conn::http1::SendRequest<body::Body>,
+    watch::Sender<bool>,
+) {
     let (drain_tx, drain) = watch::channel(false);
-    let (inbound, _) = proxy.inbound(drain);
+    let (inbound, _) = proxy.inbound_with(UpgradeSettings {
+        idle_timeout,
+        drain_deadline,
+        drain,
+    });
     let io = open_tunnel(&inbound, FRONT_VIP, 80).await;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
@@ -275,4 +292,86 @@ async fn an_upgrade_denied_by_l7_policy_gets_403_and_no_upstream_connection() {
         wait_for_metric(&proxy, "istio_requests_total", &code, 1.0).await,
         1.0
     );
+}
+
+/// Upgrades `sender`'s connection to `/chat` and checks it carries bytes both ways.
+async fn upgraded(
+    sender: &mut hyper::client::conn::http1::SendRequest<body::Body>,
+) -> TokioIo<hyper::upgrade::Upgraded> {
+    let response = sender.send_request(websocket("/chat")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    assert_eq!(read_exactly(&mut io, GREETING.len()).await, GREETING);
+    io.write_all(b"ping").await.unwrap();
+    assert_eq!(read_exactly(&mut io, 4).await, b"ping");
+    io
+}
+
+/// Waits until the waypoint closes the client's side of `io`; returns how long it took.
+async fn until_closed(io: &mut TokioIo<hyper::upgrade::Upgraded>) -> Duration {
+    let started = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    // End-of-file or a reset: either way the waypoint let go of it.
+    let ended = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the waypoint closes the client's side");
+    assert!(rest.is_empty(), "{rest:?}");
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_quiet_upgraded_connection_is_closed_by_the_idle_timeout_and_recorded_with_flag_si() {
+    let (world, mut server) = world().await;
+    let proxy = world.proxy();
+    let idle = Duration::from_millis(300);
+    let (mut sender, _drain) = client_with(&proxy, idle, Duration::from_secs(20)).await;
+    let mut io = upgraded(&mut sender).await;
+
+    let quiet = until_closed(&mut io).await;
+    assert!(quiet >= idle - Duration::from_millis(20), "{quiet:?}");
+    let echoed = tokio::time::timeout(Duration::from_secs(5), server.echoed.recv())
+        .await
+        .expect("the endpoint's side is closed too")
+        .unwrap();
+    assert_eq!(echoed, 4);
+    let labels = ["response_code=\"101\"", "response_flags=\"SI\""];
+    assert_eq!(
+        wait_for_metric(&proxy, "istio_requests_total", &labels, 1.0).await,
+        1.0,
+        "{}",
+        proxy.metrics_text()
+    );
+    assert_eq!(proxy.metrics.upgrades_ended("idle_timeout"), 1);
+}
+
+#[tokio::test]
+async fn a_drain_closes_an_upgraded_connection_at_the_drain_deadline() {
+    let (world, mut server) = world().await;
+    let proxy = world.proxy();
+    let deadline = Duration::from_millis(400);
+    let (mut sender, drain) = client_with(&proxy, UPGRADE_IDLE_TIMEOUT, deadline).await;
+    let mut io = upgraded(&mut sender).await;
+
+    drain.send_replace(true);
+    let drain_started = tokio::time::Instant::now();
+    // Bytes flow on while the drain runs.
+    io.write_all(b"more").await.unwrap();
+    assert_eq!(read_exactly(&mut io, 4).await, b"more");
+    until_closed(&mut io).await;
+    let closed = drain_started.elapsed();
+    assert!(
+        closed >= deadline - Duration::from_millis(20),
+        "closed at the deadline, not at the signal: {closed:?}"
+    );
+    let echoed = tokio::time::timeout(Duration::from_secs(5), server.echoed.recv())
+        .await
+        .expect("the endpoint's side is closed too")
+        .unwrap();
+    assert_eq!(echoed, 8);
+    let labels = ["response_code=\"101\"", "response_flags=\"-\""];
+    assert_eq!(
+        wait_for_metric(&proxy, "istio_requests_total", &labels, 1.0).await,
+        1.0
+    );
+    assert_eq!(proxy.metrics.upgrades_ended("drain"), 1);
+    assert_eq!(proxy.metrics.upgrades_ended("idle_timeout"), 0);
 }

@@ -206,6 +206,15 @@ impl InboundMetrics {
     }
 }
 
+/// Completes when the waypoint starts draining; never, when nobody can start a drain.
+///
+/// Upgraded connections ([`crate::proxy`]) wait on the same signal as the HTTP connections.
+pub(crate) async fn draining(drain: &mut watch::Receiver<bool>) {
+    if drain.wait_for(|draining| *draining).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// What the inbound side needs, shared by every tunnel.
 pub struct InboundParts<C: Connector> {
     /// How services name this waypoint.

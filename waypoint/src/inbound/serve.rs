@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use super::sniff::{Protocol, Rewind, sniff};
-use super::{InboundMetrics, InboundParts, MAX_CONCURRENT_STREAMS, MAX_HEADERS};
+use super::{InboundMetrics, InboundParts, MAX_CONCURRENT_STREAMS, MAX_HEADERS, draining};
 use crate::body::{self, Body};
 use crate::proxy::{Destination, Peer, RequestContext};
 use crate::upstream::{Connector, HttpVersion, Io};
@@ -76,13 +76,6 @@ macro_rules! drive {
             }
         }
     }};
-}
-
-/// Completes when the waypoint starts draining; never, when nobody can start a drain.
-async fn draining(drain: &mut tokio::sync::watch::Receiver<bool>) {
-    if drain.wait_for(|draining| *draining).await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 async fn serve_http<C: Connector, T: Io>(

@@ -7,7 +7,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use tracing::Instrument;
 
-use super::{Handler, ProxyError, RequestContext, upgrade};
+use super::{Handler, ProxyError, RequestContext, UpgradeSettings, upgrade};
 use crate::body::{self, Body, CountingBody};
 use crate::telemetry::{RecordingBody, RequestMetrics, RequestRecord, TraceContext, grpc_status};
 
@@ -15,12 +15,24 @@ use crate::telemetry::{RecordingBody, RequestMetrics, RequestRecord, TraceContex
 pub struct Edge<H> {
     inner: H,
     metrics: RequestMetrics,
+    upgrades: UpgradeSettings,
 }
 
 impl<H: Handler> Edge<H> {
-    /// Wraps `inner`, recording into `metrics`.
+    /// Wraps `inner`, recording into `metrics`; upgraded connections get the default
+    /// timeouts and no drain until [`Edge::with_upgrades`].
     pub fn new(inner: H, metrics: RequestMetrics) -> Self {
-        Self { inner, metrics }
+        Self {
+            inner,
+            metrics,
+            upgrades: UpgradeSettings::default(),
+        }
+    }
+
+    /// The same edge, with upgraded connections ended by `upgrades`' idle timeout and drain.
+    pub fn with_upgrades(mut self, upgrades: UpgradeSettings) -> Self {
+        self.upgrades = upgrades;
+        self
     }
 
     /// Handles one request; never fails: errors become responses.
@@ -84,7 +96,7 @@ impl<H: Handler> Edge<H> {
         if let Some(downstream) = downstream_upgrade
             && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
-            return upgrade::join(response, downstream, record);
+            return upgrade::join(response, downstream, record, self.upgrades.clone());
         }
         response.map(|body| RecordingBody::wrap(body, record))
     }

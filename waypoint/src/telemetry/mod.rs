@@ -112,6 +112,12 @@ pub struct FailureLabels {
     pub caused_by: &'static str,
 }
 
+/// Labels of the upgraded-connection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpgradeLabels {
+    reason: &'static str,
+}
+
 /// The waypoint's request metrics. Cheap to clone; clones share the series.
 #[derive(Clone, Debug)]
 pub struct RequestMetrics {
@@ -121,6 +127,7 @@ pub struct RequestMetrics {
     response_bytes: Family<RequestLabels, Histogram>,
     series: SeriesCache,
     failures: Family<FailureLabels, Counter>,
+    upgrades_ended: Family<UpgradeLabels, Counter>,
     /// Requests that dry-run policies would have denied.
     pub dry_run_denials: Counter,
 }
@@ -143,6 +150,7 @@ impl RequestMetrics {
             response_bytes: Family::new_with_constructor(size_histogram),
             series: SeriesCache::default(),
             failures: Family::default(),
+            upgrades_ended: Family::default(),
             dry_run_denials: Counter::default(),
         };
         registry.register(
@@ -169,6 +177,11 @@ impl RequestMetrics {
             "waypoint_request_failures",
             "Requests the waypoint answered itself, by reason and by who caused it",
             metrics.failures.clone(),
+        );
+        registry.register(
+            "waypoint_upgraded_connections_ended",
+            "Upgraded (WebSocket) connections that ended, by why: closed, error, idle_timeout, drain",
+            metrics.upgrades_ended.clone(),
         );
         registry.register(
             "waypoint_authorization_dry_run_denials",
@@ -200,6 +213,20 @@ impl RequestMetrics {
         self.failures
             .get_or_create(&FailureLabels { reason, caused_by })
             .inc();
+    }
+
+    /// Counts an upgraded connection that ended for `reason`.
+    pub fn upgrade_ended(&self, reason: &'static str) {
+        self.upgrades_ended
+            .get_or_create(&UpgradeLabels { reason })
+            .inc();
+    }
+
+    /// Upgraded connections counted as ended for `reason`.
+    pub fn upgrades_ended(&self, reason: &'static str) -> u64 {
+        self.upgrades_ended
+            .get_or_create(&UpgradeLabels { reason })
+            .get()
     }
 
     /// The series of the requests described by `key`.
@@ -421,6 +448,21 @@ impl RequestRecord {
     pub fn add_upgraded_bytes(&self, sent: u64, received: u64) {
         self.request_bytes.fetch_add(sent, Ordering::Relaxed);
         self.response_bytes.fetch_add(received, Ordering::Relaxed);
+    }
+
+    /// Adds an Envoy-style response flag to the ones already set.
+    pub fn add_flag(&mut self, flag: &str) {
+        if self.flags.is_empty() || self.flags == "-" {
+            self.flags = flag.to_string();
+        } else {
+            self.flags.push(',');
+            self.flags.push_str(flag);
+        }
+    }
+
+    /// The metrics the request is recorded in.
+    pub fn metrics(&self) -> &RequestMetrics {
+        &self.metrics
     }
 }
 
