@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 use ztunnel::admin::LogLevelSetter;
 use ztunnel::app::shutdown_signal;
 use ztunnel::cert_manager::{
@@ -38,7 +38,7 @@ use crate::balance::{Balancer, BalancerMetrics, OutlierSettings};
 use crate::config::{ConfigSnapshot, ConfigStore, WaypointName, WaypointResources};
 use crate::inbound::{Inbound, InboundMetrics, InboundParts, InboundSettings, WaypointBinding};
 use crate::proxy::{UpgradeSettings, build};
-use crate::telemetry::RequestMetrics;
+use crate::telemetry::{AccessLog, AccessLogSettings, RequestMetrics};
 use crate::upstream::{ClientSettings, HboneConnector, HttpClient};
 
 /// Everything the waypoint needs to start.
@@ -85,6 +85,8 @@ pub struct WaypointConfig {
     /// How long an upgraded (WebSocket) connection may carry no byte before it is closed;
     /// zero: never.
     pub upgrade_idle_timeout: Duration,
+    /// Log as JSON lines; the access log's writer formats its lines the same way.
+    pub log_json: bool,
 }
 
 impl WaypointConfig {
@@ -165,6 +167,12 @@ pub fn run(config: WaypointConfig, set_log_level: LogLevelSetter) -> anyhow::Res
         .block_on(TcpListener::bind(config.hbone_addr))
         .with_context(|| format!("cannot listen for HBONE on {}", config.hbone_addr))?;
 
+    let (access_log, access_log_writer) = AccessLog::start(
+        &AccessLogSettings::stderr(config.log_json),
+        Box::new(std::io::stderr()),
+        &mut registry,
+    )
+    .context("cannot start the access-log writer")?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let binding = config.binding();
     let server = {
@@ -180,6 +188,7 @@ pub fn run(config: WaypointConfig, set_log_level: LogLevelSetter) -> anyhow::Res
             &identity,
             binding.clone(),
             upgrades,
+            access_log,
             &mut registry,
         );
         HboneServer::new(
@@ -217,6 +226,12 @@ pub fn run(config: WaypointConfig, set_log_level: LogLevelSetter) -> anyhow::Res
         let _ = serving.await;
     });
     control.shutdown_timeout(Duration::from_secs(2));
+    // Requests still held by tasks (upgraded connections past the deadline) are recorded as
+    // the runtime drops them; then the access log's queue closes and its last lines go out.
+    drop(data);
+    if !access_log_writer.finish(Duration::from_secs(2)) {
+        warn!("the access log's last lines were not all written");
+    }
     info!("waypoint stopped");
     Ok(())
 }
@@ -315,6 +330,7 @@ fn inbound(
     identity: &SpiffeId,
     binding: WaypointBinding,
     upgrades: UpgradeSettings,
+    access_log: AccessLog,
     registry: &mut Registry,
 ) -> Inbound<HboneConnector> {
     let hbone = HboneClient::new(HboneSettings::default(), ClientMetrics::new(registry));
@@ -329,7 +345,7 @@ fn inbound(
         OutlierSettings::default(),
         BalancerMetrics::new(registry),
     ));
-    let metrics = RequestMetrics::new(registry);
+    let metrics = RequestMetrics::new(registry).with_access_log(access_log);
     let drain = upgrades.drain.clone();
     Inbound::new(InboundParts {
         binding,
@@ -394,6 +410,7 @@ mod tests {
             worker_threads: 1,
             drain_deadline: Duration::from_secs(1),
             upgrade_idle_timeout: Duration::from_secs(60),
+            log_json: false,
         }
     }
 

@@ -108,6 +108,7 @@ fn main() -> anyhow::Result<()> {
         worker_threads: args.worker_threads,
         drain_deadline: Duration::from_secs(args.drain_deadline_secs),
         upgrade_idle_timeout: Duration::from_secs(args.upgrade_idle_timeout_secs),
+        log_json: args.log_json,
     };
     run(config, set_level)
 }

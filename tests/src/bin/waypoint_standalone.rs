@@ -19,7 +19,8 @@
 //! indexed exactly as one pushed by the controller.
 //!
 //! Logging is the waypoint binary's (`RUST_LOG`, default `info`, which writes one access-log
-//! line per request to stderr; `RUST_LOG=info,access=off` turns that off).
+//! line per request to stderr through the same queued writer; `RUST_LOG=info,access=off`
+//! turns that off).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,7 +38,7 @@ use waypoint::balance::{Balancer, BalancerMetrics, OutlierSettings};
 use waypoint::config::{ConfigStore, WaypointName};
 use waypoint::inbound::{Inbound, InboundMetrics, InboundParts, InboundSettings, WaypointBinding};
 use waypoint::proxy::{Peer, build};
-use waypoint::telemetry::RequestMetrics;
+use waypoint::telemetry::{AccessLog, AccessLogSettings, RequestMetrics};
 use waypoint::upstream::{ClientSettings, HttpClient, TcpConnector};
 use ztunnel::identity::SpiffeId;
 use ztunnel::state::{DiscoveryStore, MeshDefaults};
@@ -109,6 +110,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         OutlierSettings::default(),
         BalancerMetrics::new(&mut registry),
     ));
+    // Never finished: the process runs until it is killed, as in the benchmark.
+    let (access_log, _writer) = AccessLog::start(
+        &AccessLogSettings::stderr(false),
+        Box::new(std::io::stderr()),
+        &mut registry,
+    )
+    .context("cannot start the access-log writer")?;
     let (_drain_tx, drain) = watch::channel(false);
     let inbound = Inbound::new(InboundParts {
         binding: WaypointBinding {
@@ -120,7 +128,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         stack: build(
             client.clone(),
             balancer.clone(),
-            RequestMetrics::new(&mut registry),
+            RequestMetrics::new(&mut registry).with_access_log(access_log),
         ),
         client,
         balancer,

@@ -1,13 +1,16 @@
 //! Request telemetry with Istio's metric names and labels (`reporter="waypoint"`), the W3C
 //! trace context, and the access log: a [`RequestRecord`] per request records the metrics
-//! and writes the access-log line when the response body is done, also when it is dropped
-//! (a client that went away is still counted, with response code 0 if it got nothing).
+//! and its access-log line when the response body is done, also when it is dropped (a
+//! client that went away is still counted, with response code 0 if it got nothing). The
+//! line is written off the request path by an [`AccessLog`] writer when the metrics have
+//! one (the binary's), else at once.
 //!
 //! Recording is on every request's path, so the four series of a label set are looked up
 //! once and remembered ([`SeriesCache`]) under a key that compares the discovery records by
 //! identity: Istio's 25 labels are built, formatted and hashed only the first time a
 //! combination is seen.
 
+mod access_log;
 mod body;
 mod trace;
 
@@ -27,10 +30,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
-use tracing::info;
 use ztunnel::identity::SpiffeId;
 use ztunnel::state::{ServiceInfo, WorkloadInfo};
 
+pub use access_log::{
+    ACCESS_LOG_QUEUE, AccessEntry, AccessLog, AccessLogSettings, AccessLogWriter,
+};
 pub use body::RecordingBody;
 pub use trace::TraceContext;
 
@@ -130,6 +135,8 @@ pub struct RequestMetrics {
     upgrades_ended: Family<UpgradeLabels, Counter>,
     /// Requests that dry-run policies would have denied.
     pub dry_run_denials: Counter,
+    /// Where access-log lines go; `None`: written by the request's thread.
+    access_log: Option<AccessLog>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -152,6 +159,7 @@ impl RequestMetrics {
             failures: Family::default(),
             upgrades_ended: Family::default(),
             dry_run_denials: Counter::default(),
+            access_log: None,
         };
         registry.register(
             "istio_requests",
@@ -189,6 +197,12 @@ impl RequestMetrics {
             metrics.dry_run_denials.clone(),
         );
         metrics
+    }
+
+    /// The same metrics, with access-log lines queued for `log`'s writer.
+    pub fn with_access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = Some(log);
+        self
     }
 
     /// Requests counted with `labels` (for tests and the admin dump).
@@ -476,7 +490,11 @@ impl Drop for RequestRecord {
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let response_bytes = self.response_bytes.load(Ordering::Relaxed);
         if tracing::enabled!(target: "access", tracing::Level::INFO) {
-            self.log(elapsed, request_bytes, response_bytes);
+            let entry = self.access_entry(elapsed, request_bytes, response_bytes);
+            match &self.metrics.access_log {
+                Some(log) => log.send(entry),
+                None => entry.emit(),
+            }
         }
         let series = self.metrics.series(SeriesKey {
             source_principal: self.source_principal.clone(),
@@ -496,38 +514,36 @@ impl Drop for RequestRecord {
 }
 
 impl RequestRecord {
-    /// The access-log line.
-    fn log(&self, elapsed: std::time::Duration, request_bytes: u64, response_bytes: u64) {
-        let (route, rule) = self.route.clone().unzip();
-        let (error, caused_by) = self.error.clone().unzip();
-        let source_addr = self
-            .source
-            .as_ref()
-            .and_then(|w| w.addresses.first())
-            .map_or_else(String::new, ToString::to_string);
-        info!(
-            target: "access",
-            method = %self.method,
-            src.addr = %source_addr,
-            src.identity = %self.source_principal,
-            dst.service = %self.service.hostname,
-            dst.workload = self.endpoint.as_ref().map(|w| &*w.uid),
-            path = %self.path,
-            authority = %self.authority,
-            protocol = self.version,
-            status = self.status,
-            grpc_status = self.grpc_status.as_deref(),
-            flags = %self.flags,
-            route = route.as_deref(),
-            rule = rule.as_deref(),
-            attempts = self.attempts,
-            duration_ms = elapsed.as_millis() as u64,
-            bytes_received = request_bytes,
-            bytes_sent = response_bytes,
-            trace_id = %self.trace_id,
-            error = error.as_deref(),
-            caused_by,
-            "request"
-        );
+    /// The access-log line's fields. Called as the record is dropped: what only the line
+    /// needs is moved out, the rest is shared.
+    fn access_entry(
+        &mut self,
+        elapsed: std::time::Duration,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) -> AccessEntry {
+        AccessEntry {
+            method: self.method.clone(),
+            source_addr: self
+                .source
+                .as_ref()
+                .and_then(|w| w.addresses.first().copied()),
+            source_principal: self.source_principal.clone(),
+            service: self.service.hostname.clone(),
+            endpoint: self.endpoint.as_ref().map(|w| w.uid.clone()),
+            path: std::mem::take(&mut self.path),
+            authority: std::mem::take(&mut self.authority),
+            version: self.version,
+            status: self.status,
+            grpc_status: self.grpc_status.clone(),
+            flags: self.flags.clone(),
+            route: self.route.take(),
+            attempts: self.attempts,
+            duration_ms: elapsed.as_millis() as u64,
+            bytes_received: request_bytes,
+            bytes_sent: response_bytes,
+            trace_id: std::mem::take(&mut self.trace_id),
+            error: self.error.take(),
+        }
     }
 }
