@@ -63,6 +63,12 @@ async fn closed(io: &mut DuplexStream) -> bool {
     matches!(io.read(&mut buf).await, Ok(0) | Err(_))
 }
 
+/// The relay closed both the client's and the endpoint's side.
+async fn assert_both_sides_closed(client: &mut DuplexStream, endpoint: &mut DuplexStream) {
+    assert!(closed(client).await, "the client's side is closed");
+    assert!(closed(endpoint).await, "the endpoint's side is closed");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_idle_upgraded_connection_is_closed_on_both_sides_after_the_idle_timeout() {
     let mut joined = joined(IDLE);
@@ -82,14 +88,7 @@ async fn an_idle_upgraded_connection_is_closed_on_both_sides_after_the_idle_time
         "{quiet:?}"
     );
     assert_eq!((relayed.sent, relayed.received), (5, 2));
-    assert!(
-        closed(&mut joined.client).await,
-        "the client's side is closed"
-    );
-    assert!(
-        closed(&mut joined.endpoint).await,
-        "the endpoint's side is closed"
-    );
+    assert_both_sides_closed(&mut joined.client, &mut joined.endpoint).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -154,14 +153,7 @@ async fn a_drain_closes_an_upgraded_connection_at_the_deadline_not_before() {
         "{drained:?}"
     );
     assert_eq!((relayed.sent, relayed.received), (9, 2));
-    assert!(
-        closed(&mut joined.client).await,
-        "the client's side is closed"
-    );
-    assert!(
-        closed(&mut joined.endpoint).await,
-        "the endpoint's side is closed"
-    );
+    assert_both_sides_closed(&mut joined.client, &mut joined.endpoint).await;
 }
 
 #[tokio::test(start_paused = true)]
