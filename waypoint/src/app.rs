@@ -37,7 +37,8 @@ use crate::admin::{self, AdminState, Endpoints};
 use crate::balance::{Balancer, BalancerMetrics, OutlierSettings};
 use crate::config::{ConfigSnapshot, ConfigStore, WaypointName, WaypointResources};
 use crate::inbound::{Inbound, InboundMetrics, InboundParts, InboundSettings, WaypointBinding};
-use crate::proxy::{UpgradeSettings, build};
+use crate::proxy::build;
+use crate::relay::RelaySettings;
 use crate::telemetry::{AccessLog, AccessLogSettings, RequestMetrics};
 use crate::upstream::{ClientSettings, HboneConnector, HttpClient};
 
@@ -80,11 +81,11 @@ pub struct WaypointConfig {
     pub cert_validity: Duration,
     /// Data-path worker threads.
     pub worker_threads: usize,
-    /// How long open tunnels and upgraded connections may run on after SIGTERM.
+    /// How long open tunnels, proxied TCP and upgraded connections may run on after SIGTERM.
     pub drain_deadline: Duration,
-    /// How long an upgraded (WebSocket) connection may carry no byte before it is closed;
-    /// zero: never.
-    pub upgrade_idle_timeout: Duration,
+    /// How long a byte relay (a connection proxied as opaque TCP, or an upgraded one) may
+    /// carry no byte either way before both sides are closed; zero: never.
+    pub tcp_idle_timeout: Duration,
     /// Log as JSON lines; the access log's writer formats its lines the same way.
     pub log_json: bool,
 }
@@ -174,20 +175,14 @@ pub fn run(config: WaypointConfig, set_log_level: LogLevelSetter) -> anyhow::Res
     )
     .context("cannot start the access-log writer")?;
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let binding = config.binding();
     let server = {
         let _data = data.enter();
-        let upgrades = UpgradeSettings {
-            idle_timeout: config.upgrade_idle_timeout,
-            drain_deadline: config.drain_deadline,
-            drain: shutdown.clone(),
-        };
         let inbound = inbound(
             &plane,
             &credentials.trust,
             &identity,
-            binding.clone(),
-            upgrades,
+            &config,
+            shutdown.clone(),
             access_log,
             &mut registry,
         );
@@ -203,7 +198,7 @@ pub fn run(config: WaypointConfig, set_log_level: LogLevelSetter) -> anyhow::Res
     };
     let state = AdminState {
         identity: identity.clone(),
-        binding,
+        binding: config.binding(),
         discovery: plane.discovery,
         config: plane.routes,
         xds: plane.client.status(),
@@ -322,14 +317,15 @@ fn certificates(
 }
 
 /// The inbound handler: the layer stack over HBONE to endpoints, presenting the waypoint's
-/// current certificate on every dial. HTTP connections and upgraded ones drain on the
-/// signal in `upgrades`.
+/// current certificate on every dial. HTTP connections drain on `drain`; byte relays
+/// (proxied TCP, upgraded connections) idle out after `config`'s TCP idle timeout and are
+/// closed at its drain deadline.
 fn inbound(
     plane: &ControlPlane,
     trust: &TrustBundle,
     identity: &SpiffeId,
-    binding: WaypointBinding,
-    upgrades: UpgradeSettings,
+    config: &WaypointConfig,
+    drain: watch::Receiver<bool>,
     access_log: AccessLog,
     registry: &mut Registry,
 ) -> Inbound<HboneConnector> {
@@ -346,16 +342,24 @@ fn inbound(
         BalancerMetrics::new(registry),
     ));
     let metrics = RequestMetrics::new(registry).with_access_log(access_log);
-    let drain = upgrades.drain.clone();
+    // One value for both kinds of relay.
+    let relays = RelaySettings {
+        idle_timeout: config.tcp_idle_timeout,
+        drain_deadline: config.drain_deadline,
+    };
     Inbound::new(InboundParts {
-        binding,
+        binding: config.binding(),
         discovery: plane.discovery.clone(),
         config: plane.routes.clone(),
-        stack: build(client.clone(), balancer.clone(), metrics).with_upgrades(upgrades),
+        stack: build(client.clone(), balancer.clone(), metrics)
+            .with_upgrades(relays, drain.clone()),
         client,
         balancer,
         metrics: InboundMetrics::new(registry),
-        settings: InboundSettings::default(),
+        settings: InboundSettings {
+            relays,
+            ..InboundSettings::default()
+        },
         drain,
     })
 }
@@ -409,7 +413,7 @@ mod tests {
             cert_validity: Duration::from_secs(3600),
             worker_threads: 1,
             drain_deadline: Duration::from_secs(1),
-            upgrade_idle_timeout: Duration::from_secs(60),
+            tcp_idle_timeout: Duration::from_secs(60),
             log_json: false,
         }
     }

@@ -6,6 +6,8 @@
 //! of layers ([`proxy`]): telemetry, L7 authorization, routing, fault injection, mirroring,
 //! deadlines, retries, load balancing with outlier detection, and finally an HTTP client
 //! ([`upstream`]) that opens HBONE to the chosen endpoint under the waypoint's own identity.
+//! What it only copies bytes for, proxied TCP and upgraded HTTP/1.1 connections, is a byte
+//! relay ([`relay`]) with one idle timeout and the drain deadline.
 //!
 //! Shared pieces come from the `ztunnel` library (HBONE, TLS, identity, xDS client,
 //! discovery state, certificate manager); this crate adds only what is L7, plus the binary's
@@ -19,6 +21,7 @@ pub mod config;
 pub mod inbound;
 pub mod policy;
 pub mod proxy;
+pub mod relay;
 pub mod routing;
 pub mod telemetry;
 pub mod upstream;

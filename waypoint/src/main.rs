@@ -72,13 +72,18 @@ struct Args {
     /// Data-path worker threads.
     #[arg(long, default_value_t = 2)]
     worker_threads: usize,
-    /// Seconds open tunnels and upgraded connections may run on after SIGTERM.
+    /// Seconds open tunnels, proxied TCP and upgraded connections may run on after SIGTERM.
     #[arg(long, default_value_t = ztunnel::proxy::DRAIN_DEADLINE.as_secs())]
     drain_deadline_secs: u64,
-    /// Seconds an upgraded (WebSocket) connection may carry no byte either way before both
-    /// sides are closed; 0 turns the timeout off.
-    #[arg(long, default_value_t = waypoint::proxy::UPGRADE_IDLE_TIMEOUT.as_secs())]
-    upgrade_idle_timeout_secs: u64,
+    /// Seconds a byte relay (a connection proxied as opaque TCP, or an upgraded one such as a
+    /// WebSocket) may carry no byte either way before both sides are closed; 0 turns the
+    /// timeout off. `--upgrade-idle-timeout-secs`, its former name, is still accepted.
+    #[arg(
+        long,
+        alias = "upgrade-idle-timeout-secs",
+        default_value_t = waypoint::relay::TCP_IDLE_TIMEOUT.as_secs()
+    )]
+    tcp_idle_timeout_secs: u64,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -107,8 +112,39 @@ fn main() -> anyhow::Result<()> {
         cert_validity: Duration::from_secs(args.cert_validity_secs),
         worker_threads: args.worker_threads,
         drain_deadline: Duration::from_secs(args.drain_deadline_secs),
-        upgrade_idle_timeout: Duration::from_secs(args.upgrade_idle_timeout_secs),
+        tcp_idle_timeout: Duration::from_secs(args.tcp_idle_timeout_secs),
         log_json: args.log_json,
     };
     run(config, set_level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags every run needs, then `extra`.
+    fn parse(extra: &[&str]) -> Args {
+        let required = [
+            "waypoint",
+            "--name=waypoint",
+            "--namespace=shop",
+            "--node=node-1",
+            "--root-cert=root-cert.pem",
+            "--token-file=token",
+        ];
+        Args::try_parse_from(required.iter().chain(extra)).unwrap()
+    }
+
+    #[test]
+    fn the_tcp_idle_timeout_defaults_to_an_hour_and_keeps_its_former_name() {
+        assert_eq!(parse(&[]).tcp_idle_timeout_secs, 3600);
+        assert_eq!(
+            parse(&["--tcp-idle-timeout-secs=60"]).tcp_idle_timeout_secs,
+            60
+        );
+        assert_eq!(
+            parse(&["--upgrade-idle-timeout-secs", "0"]).tcp_idle_timeout_secs,
+            0
+        );
+    }
 }

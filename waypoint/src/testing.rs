@@ -28,9 +28,13 @@ use crate::balance::{Balancer, BalancerMetrics, OutlierSettings};
 use crate::body::{self, Body};
 use crate::config::{ConfigStore, WaypointName};
 use crate::inbound::{Inbound, InboundMetrics, InboundParts, InboundSettings, WaypointBinding};
-use crate::proxy::{Destination, Peer, RequestContext, Stack, UpgradeSettings, build};
+use crate::proxy::{Destination, Peer, RequestContext, Stack, build};
+use crate::relay::RelaySettings;
 use crate::telemetry::RequestMetrics;
-use crate::upstream::{ClientSettings, HttpClient, HttpVersion, TcpConnector};
+use crate::upstream::{
+    BoxedIo, ClientSettings, ConnectError, Connector, HttpClient, HttpVersion, TcpConnector,
+    UpstreamTarget,
+};
 
 pub(crate) const NS: &str = "shop";
 pub(crate) const GATEWAY: &str = "shop/waypoint";
@@ -356,47 +360,108 @@ impl TestProxy {
         text
     }
 
-    /// The waypoint's inbound handler over this proxy's stack; upgraded connections drain
-    /// with the HTTP ones, with the default timeouts.
+    /// The waypoint's inbound handler over this proxy's stack; byte relays (proxied TCP,
+    /// upgraded connections) drain with the HTTP connections, with the default timeouts.
     pub(crate) fn inbound(
         &self,
         drain: watch::Receiver<bool>,
     ) -> (Inbound<TcpConnector>, InboundMetrics) {
-        let upgrades = UpgradeSettings {
-            drain,
-            ..UpgradeSettings::default()
-        };
-        self.inbound_with(upgrades)
+        self.inbound_with(RelaySettings::default(), drain)
     }
 
-    /// The waypoint's inbound handler over this proxy's stack, draining on `upgrades.drain`.
+    /// The waypoint's inbound handler over this proxy's stack, its byte relays ended under
+    /// `relays`, draining on `drain`.
     pub(crate) fn inbound_with(
         &self,
-        upgrades: UpgradeSettings,
+        relays: RelaySettings,
+        drain: watch::Receiver<bool>,
     ) -> (Inbound<TcpConnector>, InboundMetrics) {
-        let metrics = InboundMetrics::new(&mut Registry::default());
-        let drain = upgrades.drain.clone();
-        let stack = build(
+        build_inbound(
+            self,
             self.client.clone(),
             self.balancer.clone(),
-            self.metrics.clone(),
-        )
-        .with_upgrades(upgrades);
-        let inbound = Inbound::new(InboundParts {
-            binding: WaypointBinding {
-                service: Some((NS.into(), WAYPOINT_HOST.into())),
-                addresses: Vec::new(),
-            },
-            discovery: self.discovery.clone(),
-            config: self.config.clone(),
-            stack,
-            client: self.client.clone(),
-            balancer: self.balancer.clone(),
-            metrics: metrics.clone(),
-            settings: InboundSettings::default(),
+            relays,
             drain,
-        });
-        (inbound, metrics)
+        )
+    }
+
+    /// The waypoint's inbound handler over `connector` rather than TCP, with fresh balancer
+    /// state, its byte relays ended under `relays`, draining on `drain`.
+    pub(crate) fn inbound_over<C: Connector>(
+        &self,
+        connector: C,
+        relays: RelaySettings,
+        drain: watch::Receiver<bool>,
+    ) -> (Inbound<C>, InboundMetrics) {
+        let client = HttpClient::new(connector, ClientSettings::default());
+        let balancer = Arc::new(Balancer::new(
+            OutlierSettings::default(),
+            BalancerMetrics::new(&mut Registry::default()),
+        ));
+        build_inbound(self, client, balancer, relays, drain)
+    }
+}
+
+/// The waypoint's inbound handler over `client`, reading `proxy`'s discovery and config and
+/// recording into its metrics.
+fn build_inbound<C: Connector>(
+    proxy: &TestProxy,
+    client: HttpClient<C>,
+    balancer: Arc<Balancer>,
+    relays: RelaySettings,
+    drain: watch::Receiver<bool>,
+) -> (Inbound<C>, InboundMetrics) {
+    let metrics = InboundMetrics::new(&mut Registry::default());
+    let stack = build(client.clone(), balancer.clone(), proxy.metrics.clone())
+        .with_upgrades(relays, drain.clone());
+    let inbound = Inbound::new(InboundParts {
+        binding: WaypointBinding {
+            service: Some((NS.into(), WAYPOINT_HOST.into())),
+            addresses: Vec::new(),
+        },
+        discovery: proxy.discovery.clone(),
+        config: proxy.config.clone(),
+        stack,
+        client,
+        balancer,
+        metrics: metrics.clone(),
+        settings: InboundSettings {
+            relays,
+            ..InboundSettings::default()
+        },
+        drain,
+    });
+    (inbound, metrics)
+}
+
+/// Endpoints as in-memory pipes, for tests on paused time (where a real socket that is not
+/// ready at once lets the clock jump ahead): every stream the waypoint opens is one end of a
+/// pipe, and the endpoint's end comes out of the channel with the address dialed.
+pub(crate) struct PipeConnector {
+    dialed: tokio::sync::mpsc::UnboundedSender<(SocketAddr, tokio::io::DuplexStream)>,
+}
+
+impl PipeConnector {
+    /// A connector, and where the endpoints' ends of its pipes arrive.
+    pub(crate) fn new() -> (
+        Self,
+        tokio::sync::mpsc::UnboundedReceiver<(SocketAddr, tokio::io::DuplexStream)>,
+    ) {
+        let (dialed, endpoints) = tokio::sync::mpsc::unbounded_channel();
+        (Self { dialed }, endpoints)
+    }
+}
+
+impl Connector for PipeConnector {
+    async fn connect(&self, target: &UpstreamTarget) -> Result<BoxedIo, ConnectError> {
+        let (waypoint, endpoint) = tokio::io::duplex(64 * 1024);
+        self.dialed
+            .send((target.address, endpoint))
+            .map_err(|_| ConnectError::Tcp {
+                address: target.address,
+                source: std::io::ErrorKind::ConnectionRefused.into(),
+            })?;
+        Ok(Box::new(waypoint))
     }
 }
 

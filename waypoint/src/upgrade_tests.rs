@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::body;
-use crate::proxy::{UPGRADE_IDLE_TIMEOUT, UpgradeSettings};
+use crate::relay::{RelaySettings, TCP_IDLE_TIMEOUT};
 use crate::testing::*;
 
 const FRONT_VIP: [u8; 4] = [10, 96, 0, 1];
@@ -142,7 +142,7 @@ async fn client(
     hyper::client::conn::http1::SendRequest<body::Body>,
     watch::Sender<bool>,
 ) {
-    client_with(proxy, UPGRADE_IDLE_TIMEOUT, Duration::from_secs(20)).await
+    client_with(proxy, TCP_IDLE_TIMEOUT, Duration::from_secs(20)).await
 }
 
 /// [`client`], with upgraded connections' idle timeout and drain deadline.
@@ -155,11 +155,11 @@ async fn client_with(
     watch::Sender<bool>,
 ) {
     let (drain_tx, drain) = watch::channel(false);
-    let (inbound, _) = proxy.inbound_with(UpgradeSettings {
+    let relays = RelaySettings {
         idle_timeout,
         drain_deadline,
-        drain,
-    });
+    };
+    let (inbound, _) = proxy.inbound_with(relays, drain);
     let io = open_tunnel(&inbound, FRONT_VIP, 80).await;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
@@ -348,7 +348,7 @@ async fn a_drain_closes_an_upgraded_connection_at_the_drain_deadline() {
     let (world, mut server) = world().await;
     let proxy = world.proxy();
     let deadline = Duration::from_millis(400);
-    let (mut sender, drain) = client_with(&proxy, UPGRADE_IDLE_TIMEOUT, deadline).await;
+    let (mut sender, drain) = client_with(&proxy, TCP_IDLE_TIMEOUT, deadline).await;
     let mut io = upgraded(&mut sender).await;
 
     drain.send_replace(true);

@@ -6,7 +6,8 @@
 //! this waypoint serves) and counted by reason. An accepted tunnel is sniffed
 //! ([`sniff`]): HTTP/1.1 and HTTP/2 are served with hyper and every request goes through
 //! the layer stack ([`crate::proxy`]); anything else is proxied as TCP to one endpoint of
-//! the service, chosen by the same balancer.
+//! the service, chosen by the same balancer, as a byte relay ([`crate::relay`]) that idles out
+//! and is closed at the drain deadline like an upgraded connection.
 //!
 //! Bad input is bounded here: hyper answers a malformed HTTP/1 request with 400 and an
 //! oversized header block with 431 ([`MAX_HEADER_BYTES`]); HTTP/2 runs with a stream limit
@@ -36,6 +37,7 @@ use ztunnel::state::{DiscoverySnapshot, GatewayDestination, GatewayRef, ServiceI
 use crate::balance::Balancer;
 use crate::config::ConfigSnapshot;
 use crate::proxy::{Destination, Peer, Stack};
+use crate::relay::RelaySettings;
 use crate::upstream::{Connector, HttpClient};
 
 pub use sniff::{H2_PREFACE, Protocol, Rewind, classify, sniff};
@@ -75,6 +77,9 @@ pub struct InboundSettings {
     pub header_read_timeout: Duration,
     /// See [`MAX_HEADER_BYTES`].
     pub max_header_bytes: usize,
+    /// How connections proxied as opaque TCP end when neither side closes them; give the
+    /// stack's edge the same for upgraded connections ([`crate::proxy::Edge::with_upgrades`]).
+    pub relays: RelaySettings,
 }
 
 impl Default for InboundSettings {
@@ -83,6 +88,7 @@ impl Default for InboundSettings {
             sniff_timeout: SNIFF_TIMEOUT,
             header_read_timeout: HEADER_READ_TIMEOUT,
             max_header_bytes: MAX_HEADER_BYTES,
+            relays: RelaySettings::default(),
         }
     }
 }
@@ -142,6 +148,7 @@ pub struct InboundMetrics {
     tunnels: Family<ProtocolLabels, Counter>,
     rejections: Family<ReasonLabels, Counter>,
     connection_errors: Family<ReasonLabels, Counter>,
+    tcp_ended: Family<ReasonLabels, Counter>,
 }
 
 impl InboundMetrics {
@@ -162,6 +169,11 @@ impl InboundMetrics {
             "waypoint_http_connection_errors",
             "Downstream HTTP connections that ended in an error, by reason",
             metrics.connection_errors.clone(),
+        );
+        registry.register(
+            "waypoint_tcp_connections_ended",
+            "Connections proxied as opaque TCP that ended, by why: closed, error, idle_timeout, drain",
+            metrics.tcp_ended.clone(),
         );
         metrics
     }
@@ -187,6 +199,11 @@ impl InboundMetrics {
             .get()
     }
 
+    /// Connections proxied as opaque TCP counted as ended for `reason`.
+    pub fn tcp_connections_ended(&self, reason: &'static str) -> u64 {
+        self.tcp_ended.get_or_create(&ReasonLabels { reason }).get()
+    }
+
     fn tunnel(&self, protocol: &'static str) {
         self.tunnels
             .get_or_create(&ProtocolLabels { protocol })
@@ -199,6 +216,10 @@ impl InboundMetrics {
             .inc();
     }
 
+    fn tcp_connection_ended(&self, reason: &'static str) {
+        self.tcp_ended.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
     fn connection_error(&self, reason: &'static str) {
         self.connection_errors
             .get_or_create(&ReasonLabels { reason })
@@ -208,7 +229,7 @@ impl InboundMetrics {
 
 /// Completes when the waypoint starts draining; never, when nobody can start a drain.
 ///
-/// Upgraded connections ([`crate::proxy`]) wait on the same signal as the HTTP connections.
+/// Byte relays ([`crate::relay`]) wait on the same signal as the HTTP connections.
 pub(crate) async fn draining(drain: &mut watch::Receiver<bool>) {
     if drain.wait_for(|draining| *draining).await.is_err() {
         std::future::pending::<()>().await;

@@ -1,20 +1,27 @@
 //! Opaque TCP through the waypoint: one endpoint of the destination service, chosen by the
-//! balancer, and bytes copied both ways (starting with those sniffing read).
+//! balancer, and bytes relayed both ways (starting with those sniffing read) until both
+//! sides close, no byte moves for the idle timeout, or the drain deadline passes
+//! ([`crate::relay`], under [`super::InboundSettings::relays`]). How each connection ended
+//! is counted in `waypoint_tcp_connections_ended_total{reason}`.
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
-use tracing::{debug, info};
+use tracing::{Instrument, info};
 
 use super::InboundParts;
 use super::serve::Tunnel;
 use super::sniff::Rewind;
 use crate::balance::{Outcome, candidates};
+use crate::relay::relay;
 use crate::upstream::{Connector, Io, UpstreamTarget};
 
 pub(super) async fn proxy_tcp<C: Connector, T: Io>(
     shared: &Arc<InboundParts<C>>,
     tunnel: &Tunnel,
-    mut downstream: Rewind<T>,
+    downstream: Rewind<T>,
 ) {
     let destination = &tunnel.destination;
     let picked = {
@@ -31,7 +38,7 @@ pub(super) async fn proxy_tcp<C: Connector, T: Io>(
         workload: picked.candidate.workload.clone(),
         service: destination.service.clone(),
     };
-    let mut upstream = match shared.client.connector().connect(&target).await {
+    let upstream = match shared.client.connector().connect(&target).await {
         Ok(upstream) => upstream,
         Err(error) => {
             shared.balancer.report(&picked, Outcome::Failure);
@@ -40,10 +47,14 @@ pub(super) async fn proxy_tcp<C: Connector, T: Io>(
         }
     };
     shared.balancer.report(&picked, Outcome::Success);
-    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
-        Ok((sent, received)) => {
-            debug!(dst.addr = %target.address, sent, received, "TCP tunnel closed")
-        }
-        Err(error) => debug!(dst.addr = %target.address, %error, "TCP tunnel ended with an error"),
+    let (settings, drain) = (shared.settings.relays, shared.drain.clone());
+    // Within the tunnel's span, which names the client and the service's VIP.
+    let span = tracing::info_span!("tcp", endpoint = %target.address);
+    async {
+        let relayed = relay(downstream, upstream, settings, drain).await;
+        shared.metrics.tcp_connection_ended(relayed.ending.reason());
+        relayed.log("TCP connection");
     }
+    .instrument(span)
+    .await;
 }

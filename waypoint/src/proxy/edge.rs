@@ -5,17 +5,22 @@
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{Handler, ProxyError, RequestContext, UpgradeSettings, upgrade};
+use super::{Handler, ProxyError, RequestContext, upgrade};
 use crate::body::{self, Body, CountingBody};
+use crate::relay::RelaySettings;
 use crate::telemetry::{RecordingBody, RequestMetrics, RequestRecord, TraceContext, grpc_status};
 
 /// See the module documentation.
 pub struct Edge<H> {
     inner: H,
     metrics: RequestMetrics,
-    upgrades: UpgradeSettings,
+    /// How upgraded connections end when neither side closes them.
+    relays: RelaySettings,
+    /// Becomes `true` when the waypoint starts draining.
+    drain: watch::Receiver<bool>,
 }
 
 impl<H: Handler> Edge<H> {
@@ -25,13 +30,17 @@ impl<H: Handler> Edge<H> {
         Self {
             inner,
             metrics,
-            upgrades: UpgradeSettings::default(),
+            relays: RelaySettings::default(),
+            // A drain that never comes: the sender is dropped at once.
+            drain: watch::channel(false).1,
         }
     }
 
-    /// The same edge, with upgraded connections ended by `upgrades`' idle timeout and drain.
-    pub fn with_upgrades(mut self, upgrades: UpgradeSettings) -> Self {
-        self.upgrades = upgrades;
+    /// The same edge, with upgraded connections ended by `relays`' idle timeout, and by its
+    /// drain deadline once `drain` turns `true`.
+    pub fn with_upgrades(mut self, relays: RelaySettings, drain: watch::Receiver<bool>) -> Self {
+        self.relays = relays;
+        self.drain = drain;
         self
     }
 
@@ -96,7 +105,8 @@ impl<H: Handler> Edge<H> {
         if let Some(downstream) = downstream_upgrade
             && response.status() == http::StatusCode::SWITCHING_PROTOCOLS
         {
-            return upgrade::join(response, downstream, record, self.upgrades.clone());
+            let drain = self.drain.clone();
+            return upgrade::join(response, downstream, record, self.relays, drain);
         }
         response.map(|body| RecordingBody::wrap(body, record))
     }

@@ -17,8 +17,8 @@
 //! | [`Forward`] | `forward.rs` | 503 when the endpoint cannot be reached |
 //!
 //! An HTTP/1.1 upgrade (WebSocket) passes the same layers; on `101` the edge joins the two
-//! connections until they close, idle out or the drain deadline passes (`upgrade.rs`,
-//! [`UpgradeSettings`], given with [`Edge::with_upgrades`]).
+//! connections as a byte relay until they close, idle out or the drain deadline passes
+//! (`upgrade.rs`, [`crate::relay`], settings given with [`Edge::with_upgrades`]).
 //!
 //! What a layer learns for the layers below it (the matched rule, the chosen backend, the
 //! endpoints tried) travels in the [`RequestContext`]. [`build`] assembles the stack.
@@ -62,7 +62,6 @@ pub use mirror::Mirror;
 pub use normalize::Normalize;
 pub use retry::{MAX_BUFFERED_BODY, MAX_RETRY_BACKOFF, Retry};
 pub use route::RouteLayer;
-pub use upgrade::{UPGRADE_IDLE_TIMEOUT, UpgradeSettings};
 
 /// One layer of request handling.
 pub trait Handler: Send + Sync + 'static {

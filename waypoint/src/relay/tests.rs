@@ -1,6 +1,7 @@
-//! The relay of an upgraded connection on in-memory pipes, with paused time: the idle
-//! timeout closes a quiet connection and spares a busy one, and a drain closes it at the
-//! deadline. The whole request path of an upgrade is tested in `src/upgrade_tests.rs`.
+//! The byte relay on in-memory pipes, with paused time: the idle timeout closes a quiet relay
+//! and spares a busy one, and a drain closes it at the deadline. Its two users are tested
+//! through their whole paths: upgrades in `src/upgrade_tests.rs`, proxied TCP in
+//! `src/inbound/tcp/tests.rs`.
 
 use std::time::Duration;
 
@@ -24,14 +25,13 @@ struct Joined {
 
 fn joined(idle_timeout: Duration) -> Joined {
     let (drain_tx, drain) = watch::channel(false);
-    let settings = UpgradeSettings {
+    let settings = RelaySettings {
         idle_timeout,
         drain_deadline: DRAIN,
-        drain,
     };
     let (client, downstream) = duplex(1024);
     let (upstream, endpoint) = duplex(1024);
-    let relay = tokio::spawn(async move { relay(downstream, upstream, &settings).await });
+    let relay = tokio::spawn(relay(downstream, upstream, settings, drain));
     Joined {
         client,
         endpoint,
@@ -70,7 +70,7 @@ async fn assert_both_sides_closed(client: &mut DuplexStream, endpoint: &mut Dupl
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_idle_upgraded_connection_is_closed_on_both_sides_after_the_idle_timeout() {
+async fn an_idle_relay_is_closed_on_both_sides_after_the_idle_timeout() {
     let mut joined = joined(IDLE);
     pass(&mut joined.client, &mut joined.endpoint, b"hello").await;
     pass(&mut joined.endpoint, &mut joined.client, b"hi").await;
@@ -79,7 +79,7 @@ async fn an_idle_upgraded_connection_is_closed_on_both_sides_after_the_idle_time
     let relayed = ended(joined.relay).await;
     let quiet = quiet_since.elapsed();
     assert!(
-        matches!(relayed.ending, Ending::IdleTimeout),
+        matches!(relayed.ending, Ending::IdleTimeout(IDLE)),
         "{:?}",
         relayed.ending
     );
@@ -92,7 +92,7 @@ async fn an_idle_upgraded_connection_is_closed_on_both_sides_after_the_idle_time
 }
 
 #[tokio::test(start_paused = true)]
-async fn bytes_either_way_keep_an_upgraded_connection_open_past_the_idle_timeout() {
+async fn bytes_either_way_keep_a_relay_open_past_the_idle_timeout() {
     let mut joined = joined(IDLE);
     // The endpoint pushes and the client never answers, for ten idle timeouts.
     for _ in 0..15 {
@@ -116,7 +116,7 @@ async fn bytes_either_way_keep_an_upgraded_connection_open_past_the_idle_timeout
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_zero_idle_timeout_never_closes_a_quiet_connection() {
+async fn a_zero_idle_timeout_never_closes_a_quiet_relay() {
     let mut joined = joined(Duration::ZERO);
     pass(&mut joined.client, &mut joined.endpoint, b"hello").await;
     sleep(Duration::from_secs(10 * 3600)).await;
@@ -128,7 +128,7 @@ async fn a_zero_idle_timeout_never_closes_a_quiet_connection() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_drain_closes_an_upgraded_connection_at_the_deadline_not_before() {
+async fn a_drain_closes_a_relay_at_the_deadline_not_before() {
     let mut joined = joined(IDLE);
     pass(&mut joined.client, &mut joined.endpoint, b"hello").await;
     sleep(Duration::from_secs(5)).await;
@@ -177,4 +177,21 @@ async fn a_failure_at_the_drain_deadline_counts_as_the_drain_and_one_before_it_d
             assert!(matches!(relayed.ending, Ending::Failed(_)));
         }
     }
+}
+
+#[test]
+fn the_endings_the_waypoint_causes_say_why() {
+    let idle = Ending::IdleTimeout(IDLE);
+    assert!(idle.by_waypoint());
+    assert_eq!(
+        idle.to_string(),
+        "no bytes either way for 60s: closed by the idle timeout"
+    );
+    assert!(Ending::Drained.by_waypoint());
+    assert_eq!(
+        Ending::Drained.to_string(),
+        "still open at the drain deadline: closed by the drain"
+    );
+    assert!(!Ending::Closed.by_waypoint());
+    assert!(!Ending::Failed(std::io::ErrorKind::BrokenPipe.into()).by_waypoint());
 }
