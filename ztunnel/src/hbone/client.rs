@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::metrics::ClientMetrics;
 use super::pool::{Dialer, Pool, PoolKey, StreamLease};
-use super::{H2Stream, HANDSHAKE_TIMEOUT, MAX_CONCURRENT_STREAMS};
+use super::{H2Stream, HANDSHAKE_TIMEOUT, MAX_CONCURRENT_STREAMS, WriteLast};
 use crate::identity::SpiffeId;
 use crate::tls::{TlsError, TrustBundle, WorkloadCertificate};
 
@@ -416,6 +416,16 @@ impl AsyncRead for HboneStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tunnel).poll_read(cx, buf)
+    }
+}
+
+impl WriteLast for HboneStream {
+    fn poll_write_last(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tunnel).poll_write_last(cx, buf)
     }
 }
 

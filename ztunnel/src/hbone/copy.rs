@@ -13,6 +13,15 @@
 //! side's write half is flushed and shut down (the half-close travels on) and the other
 //! direction carries on; the future completes when both directions are done, or with the
 //! first error.
+//!
+//! A short read is followed at once by another: it costs no system call (tokio has marked
+//! the drained socket not ready, an HTTP/2 stream has nothing buffered) unless more bytes or
+//! the end-of-file are already there. So a reply that comes with its end (a server that
+//! answers and closes) is read whole with its end-of-file, and [`copy_with_tunnel`] sends
+//! the two as one DATA frame with END_STREAM ([`WriteLast`]) instead of a DATA frame and an
+//! empty one: one TLS record and one write on the node link instead of two, and the far
+//! ztunnel hands the app its bytes and its end-of-file together, so the connection closes
+//! in the order it would without the mesh.
 
 use std::future::poll_fn;
 use std::io;
@@ -20,7 +29,11 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{MsgFlags, send};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::COPY_BUFFER_SIZE;
 
@@ -30,6 +43,101 @@ pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, 
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    copy_both_ways(&mut Plain(a), &mut Plain(b)).await
+}
+
+/// [`copy_bidirectional`] between an app's connection and a tunnel, each of which can send
+/// its last bytes with its end ([`WriteLast`]); returns the bytes copied (app to tunnel,
+/// tunnel to app).
+pub async fn copy_with_tunnel<A, T>(app: &mut A, tunnel: &mut T) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + WriteLast + ?Sized,
+    T: AsyncRead + WriteLast + ?Sized,
+{
+    copy_both_ways(app, tunnel).await
+}
+
+/// A writer that can send its last bytes and its end-of-file as one message.
+pub trait WriteLast: AsyncWrite + Unpin {
+    /// Writes some of `data` like `poll_write`, as the last bytes before `poll_shutdown`: a
+    /// writer that can holds them so that they leave with its end-of-file.
+    fn poll_write_last(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>>;
+}
+
+/// Sent with `MSG_MORE`, the last bytes wait in the socket for the FIN that `shutdown` adds
+/// to them: the app reads its answer and the end-of-file at once, and closes second, as it
+/// would have without the mesh (the TIME_WAIT stays with the side that closed first).
+impl WriteLast for TcpStream {
+    fn poll_write_last(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.poll_write_ready(cx))?;
+            let sent = self.try_io(Interest::WRITABLE, || {
+                // nix names no `MSG_MORE`; the flag is Linux's own.
+                let more = MsgFlags::from_bits_retain(nix::libc::MSG_MORE);
+                send(self.as_raw_fd(), data, more | MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+/// Any reader and writer, whose end-of-file goes by `poll_shutdown` on its own.
+pub struct Plain<'a, T: ?Sized>(pub &'a mut T);
+
+impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Plain<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Plain<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+impl<T: AsyncWrite + Unpin + ?Sized> WriteLast for Plain<'_, T> {
+    fn poll_write_last(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write(cx, data)
+    }
+}
+
+async fn copy_both_ways<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + WriteLast + ?Sized,
+    B: AsyncRead + WriteLast + ?Sized,
 {
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
@@ -81,7 +189,7 @@ impl Direction {
     ) -> Poll<io::Result<u64>>
     where
         R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
+        W: WriteLast + ?Sized,
     {
         loop {
             match self.stage {
@@ -107,7 +215,7 @@ impl Direction {
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        W: WriteLast + ?Sized,
     {
         // Take part in the runtime's budget like tokio's own copy, so a stream that is
         // always ready cannot keep its worker from the other tasks.
@@ -118,7 +226,8 @@ impl Direction {
                 let n = ready!(poll_write(
                     cx,
                     writer.as_mut(),
-                    &self.pending[self.written..]
+                    &self.pending[self.written..],
+                    self.read_done,
                 ))?;
                 coop.made_progress();
                 self.written += n;
@@ -150,14 +259,28 @@ impl Direction {
                     return Poll::Pending;
                 }
             }
-            let data = buf.filled();
-            if data.is_empty() {
+            if buf.filled().is_empty() {
                 self.read_done = true;
                 continue;
             }
+            // Read on while more is there at once (see the module's notes): no system call
+            // when it is not, and an end-of-file that is already there goes out with the data.
+            while buf.remaining() > 0 {
+                let before = buf.filled().len();
+                match poll_read(cx, reader.as_mut(), &mut buf) {
+                    Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                        self.read_done = true;
+                        break;
+                    }
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            let data = buf.filled();
             let mut offset = 0;
             while offset < data.len() {
-                match poll_write(cx, writer.as_mut(), &data[offset..]) {
+                match poll_write(cx, writer.as_mut(), &data[offset..], self.read_done) {
                     Poll::Ready(Ok(n)) => {
                         offset += n;
                         self.amount += n as u64;
@@ -191,14 +314,21 @@ fn poll_read<R: AsyncRead + ?Sized>(
     }
 }
 
-/// Writes some of `data`, retrying on `Interrupted`; a writer that takes nothing is an error.
-fn poll_write<W: AsyncWrite + ?Sized>(
+/// Writes some of `data` (the last of the stream when `last`), retrying on `Interrupted`; a
+/// writer that takes nothing is an error.
+fn poll_write<W: WriteLast + ?Sized>(
     cx: &mut Context<'_>,
     mut writer: Pin<&mut W>,
     data: &[u8],
+    last: bool,
 ) -> Poll<io::Result<usize>> {
     loop {
-        match writer.as_mut().poll_write(cx, data) {
+        let written = if last {
+            writer.as_mut().poll_write_last(cx, data)
+        } else {
+            writer.as_mut().poll_write(cx, data)
+        };
+        match written {
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Poll::Ready(Ok(0)) => {
                 return Poll::Ready(Err(io::Error::new(
@@ -289,6 +419,94 @@ mod tests {
         let direction = Direction::default();
         assert_eq!(direction.pending.capacity(), 0);
         assert!(std::mem::size_of::<Direction>() <= 64);
+    }
+
+    /// What a tunnel was asked to write: each write's bytes, whether it was the last, and
+    /// whether the tunnel was shut down.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<(Vec<u8>, bool)>,
+        shut_down: bool,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.push((data.to_vec(), false));
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shut_down = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl WriteLast for Recorder {
+        fn poll_write_last(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.push((data.to_vec(), true));
+            Poll::Ready(Ok(data.len()))
+        }
+    }
+
+    /// An app that answers and closes at once has its answer and its end-of-file sent as one
+    /// last write, also when the app wrote it in two pieces; one that keeps its connection
+    /// open has its bytes sent as plain writes and the end on its own.
+    #[tokio::test]
+    async fn an_answer_and_its_end_go_to_the_tunnel_together() {
+        let (mut app, mut proxy_side) = duplex(1024);
+        app.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        app.write_all(b"body").await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut tunnel = Recorder::default();
+        let counts = copy_with_tunnel(&mut Plain(&mut proxy_side), &mut tunnel)
+            .await
+            .unwrap();
+        assert_eq!(counts, (23, 0));
+        assert_eq!(
+            tunnel.writes,
+            vec![(b"HTTP/1.1 200 OK\r\n\r\nbody".to_vec(), true)],
+            "one last write carries the whole answer"
+        );
+
+        let (mut app, mut proxy_side) = duplex(1024);
+        app.write_all(b"first").await.unwrap();
+        let mut tunnel = Recorder::default();
+        let copy = tokio::spawn(async move {
+            copy_with_tunnel(&mut Plain(&mut proxy_side), &mut tunnel)
+                .await
+                .unwrap();
+            tunnel
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        app.shutdown().await.unwrap();
+        let tunnel = tokio::time::timeout(Duration::from_secs(5), copy)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tunnel.writes, vec![(b"first".to_vec(), false)]);
+        assert!(tunnel.shut_down, "the end-of-file still reaches the tunnel");
     }
 
     /// An error on one side ends the copy with that error.

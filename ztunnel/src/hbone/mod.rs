@@ -25,7 +25,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use client::{ClientSettings, HboneClient, HboneError, HboneStream, TunnelRequest};
-pub use copy::copy_bidirectional;
+pub use copy::{WriteLast, copy_bidirectional, copy_with_tunnel};
 pub use metrics::{ClientMetrics, ServerMetrics};
 pub use pool::{Dialer, direct_dialer};
 pub use server::{

@@ -30,9 +30,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::copy::Plain;
 use super::metrics::ServerMetrics;
 use super::{
-    H2Stream, HANDSHAKE_TIMEOUT, MAX_CONCURRENT_STREAMS, copy_bidirectional, server_builder,
+    H2Stream, HANDSHAKE_TIMEOUT, MAX_CONCURRENT_STREAMS, copy_with_tunnel, server_builder,
 };
 use crate::identity::SpiffeId;
 use crate::tls::{TlsError, describe_handshake_error, peer_identity};
@@ -636,7 +637,9 @@ async fn handle_stream<H: ConnectHandler>(
     let _active = GaugeGuard::inc(&shared.metrics.streams_active);
     let mut tunnel = H2Stream::new(send, body);
     let result = match far_side {
-        FarSide::Copy(mut upstream) => copy_bidirectional(&mut tunnel, &mut upstream).await,
+        FarSide::Copy(mut upstream) => copy_with_tunnel(&mut Plain(&mut upstream), &mut tunnel)
+            .await
+            .map(|(to_client, from_client)| (from_client, to_client)),
         FarSide::Serve(service) => service(Box::new(tunnel)).await,
     };
     match &result {

@@ -1,5 +1,6 @@
 //! One HTTP/2 stream as a byte pipe: `AsyncRead` + `AsyncWrite` over h2's send and receive
-//! halves, with flow-control credit returned as bytes are taken and END_STREAM on shutdown.
+//! halves, with flow-control credit returned as bytes are taken and END_STREAM on shutdown
+//! or with the last bytes ([`WriteLast`]).
 
 use std::io;
 use std::pin::Pin;
@@ -8,6 +9,8 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::WriteLast;
 
 /// The bytes of one CONNECT tunnel, on either end.
 ///
@@ -71,11 +74,13 @@ impl AsyncRead for H2Stream {
     }
 }
 
-impl AsyncWrite for H2Stream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
+impl H2Stream {
+    /// Queues some of `buf` as one DATA frame, with END_STREAM if `last` and it is all of it.
+    fn poll_send(
+        &mut self,
         cx: &mut Context<'_>,
         buf: &[u8],
+        last: bool,
     ) -> Poll<io::Result<usize>> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
@@ -104,10 +109,32 @@ impl AsyncWrite for H2Stream {
             }
         };
         let n = granted.min(buf.len());
+        let end = last && n == buf.len();
         self.send
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .send_data(Bytes::copy_from_slice(&buf[..n]), end)
             .map_err(h2_to_io)?;
+        self.write_closed = end;
         Poll::Ready(Ok(n))
+    }
+}
+
+impl WriteLast for H2Stream {
+    fn poll_write_last(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_send(cx, buf, true)
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_send(cx, buf, false)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {

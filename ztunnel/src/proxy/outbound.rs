@@ -13,7 +13,7 @@ use super::metrics::{ConnectionGuard, Peers, Reporter};
 use super::pods::PodCapture;
 use super::route::{HboneRoute, Route, route};
 use super::{ProxyContext, copy_both};
-use crate::hbone::{FORWARDED, TunnelRequest};
+use crate::hbone::{FORWARDED, TunnelRequest, copy_with_tunnel};
 use crate::inpod::{PROXY_MARK, connect, original_destination};
 
 const DIRECTION: &str = "outbound";
@@ -142,7 +142,7 @@ async fn tunnel(
             return;
         }
     };
-    match copy_both(downstream, &mut upstream).await {
+    match copy_with_tunnel(downstream, &mut upstream).await {
         Ok((sent, received)) => guard.finish(sent, received),
         Err(error) => guard.fail("UC", &error),
     }
