@@ -10,8 +10,9 @@
 //!
 //! The alternative, one helper thread parked inside each pod's namespace that creates sockets
 //! on request, costs a thread per pod and two cross-thread wake-ups per socket, and buys
-//! nothing: switching the current thread costs two `setns` calls and one `open`, and the
-//! closure never awaits, so no other task can observe the thread while it is away. A thread
+//! nothing: switching the current thread costs two `setns` calls (its own namespace is kept
+//! open per thread), and the closure never awaits, so no other task can observe the thread
+//! while it is away. A thread
 //! that could not return to its namespace would create later sockets in the wrong place, so
 //! that case aborts the process rather than carrying on.
 //!
@@ -19,6 +20,7 @@
 //! [`super::rules`] runs `iptables-restore` inside a pod without `nsenter` and without
 //! `unsafe` `pre_exec` hooks.
 
+use std::cell::{Cell, OnceCell};
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -177,26 +179,60 @@ impl Netns {
     /// Keep `f` short and synchronous: a socket or a process created inside it belongs to
     /// this namespace. If the thread cannot return, the process aborts (see the module doc).
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
-        let home = File::open(THREAD_NETNS).map_err(|source| NetnsError::Current { source })?;
+        let current = |source| NetnsError::Current { source };
+        // Outside `run` a thread is in its own namespace, which never changes: it is opened
+        // once per thread rather than for every socket (a path walk and a close per
+        // connection). Inside (a nested call) the current namespace is opened afresh.
+        let nested = AWAY.get();
+        let return_to = if nested {
+            Some(File::open(THREAD_NETNS).map_err(current)?)
+        } else {
+            HOME.with(|home| match home.get() {
+                Some(_) => Ok(()),
+                None => File::open(THREAD_NETNS).map(|file| drop(home.set(file))),
+            })
+            .map_err(current)?;
+            None
+        };
         setns(self.inner.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| {
             NetnsError::Enter {
                 path: self.inner.path.clone(),
                 errno,
             }
         })?;
-        let _return_home = ReturnHome { home };
+        AWAY.set(true);
+        let _return = Return {
+            to: return_to,
+            nested,
+        };
         Ok(f())
     }
 }
 
-/// Moves the thread back to its original namespace when dropped, on return or on unwind.
-struct ReturnHome {
-    home: File,
+thread_local! {
+    /// The thread's own network namespace, opened the first time it enters another.
+    static HOME: OnceCell<File> = const { OnceCell::new() };
+    /// The thread is inside [`Netns::run`].
+    static AWAY: Cell<bool> = const { Cell::new(false) };
 }
 
-impl Drop for ReturnHome {
+/// Moves the thread back where it was when dropped, on return or on unwind: to the
+/// namespace opened for a nested call, else home.
+struct Return {
+    to: Option<File>,
+    nested: bool,
+}
+
+impl Drop for Return {
     fn drop(&mut self) {
-        if let Err(errno) = setns(self.home.as_fd(), CloneFlags::CLONE_NEWNET) {
+        let returned = match &self.to {
+            Some(file) => setns(file.as_fd(), CloneFlags::CLONE_NEWNET),
+            None => HOME.with(|home| {
+                let home = home.get().expect("opened before the thread left");
+                setns(home.as_fd(), CloneFlags::CLONE_NEWNET)
+            }),
+        };
+        if let Err(errno) = returned {
             // Carrying on would create later sockets inside a pod: fail hard instead.
             tracing::error!(%errno, "cannot return to the original network namespace; aborting");
             eprintln!(
@@ -204,6 +240,7 @@ impl Drop for ReturnHome {
             );
             std::process::abort();
         }
+        AWAY.set(self.nested);
     }
 }
 

@@ -117,6 +117,33 @@ fn run_returns_to_the_original_namespace_even_after_a_panic() {
     );
 }
 
+/// A call inside another returns to the outer pod's namespace, and the thread still gets
+/// home afterwards, also on its next calls (its own namespace is kept open per thread).
+#[test]
+fn nested_runs_return_where_they_were() {
+    let (a, b) = (TestNetns::new(), TestNetns::new());
+    let inode = |ns: &TestNetns| std::fs::metadata(ns.path()).unwrap().ino();
+    let home = thread_netns_inode();
+    let (inner, outer_after) = a
+        .netns()
+        .run(|| {
+            let inner = b.netns().run(thread_netns_inode).unwrap();
+            (inner, thread_netns_inode())
+        })
+        .unwrap();
+    assert_eq!(inner, inode(&b));
+    assert_eq!(
+        outer_after,
+        inode(&a),
+        "the nested call came back to A, not home"
+    );
+    assert_eq!(thread_netns_inode(), home);
+    for _ in 0..3 {
+        assert_eq!(b.netns().run(thread_netns_inode).unwrap(), inode(&b));
+        assert_eq!(thread_netns_inode(), home);
+    }
+}
+
 #[tokio::test]
 async fn a_listener_bound_in_a_namespace_accepts_connections_made_inside_it() {
     let (a, _b) = linked_pair();
